@@ -78,8 +78,12 @@ def serve(argv: list[str]) -> int:
 
     tokenizer = SimTokenizer.load(options.tokenizer)
     app = create_app(SimServer(engine, tokenizer))
+    # The standard asyncio loop, not uvloop: uvloop computes its poll timeout from a clock
+    # cached at the start of each loop iteration, so a step's timer fires late by however
+    # long that iteration spent streaming tokens (bench/sim_capacity.py measured 2/3 of steps
+    # >5 ms late at 256 streams with uvloop, <1% with asyncio).
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
-                access_log=False, timeout_graceful_shutdown=5)
+                access_log=False, timeout_graceful_shutdown=5, loop="asyncio")
     return 0
 
 

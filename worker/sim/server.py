@@ -26,7 +26,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -45,18 +49,30 @@ NATURAL_REPLY_MEAN_TOKENS = 256
 class StepLagStats:
     """How late step completions run against the model's schedule (seconds)."""
 
+    BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, float("inf"))
+
     def __init__(self) -> None:
         self.steps = 0
         self.total = 0.0
         self.max = 0.0
-        self.over_5ms = 0
+        self.counts = [0] * len(self.BUCKETS_S)
 
     def add(self, lag_s: float) -> None:
         self.steps += 1
         self.total += lag_s
         self.max = max(self.max, lag_s)
-        if lag_s > 0.005:
-            self.over_5ms += 1
+        for i, bound in enumerate(self.BUCKETS_S):
+            if lag_s <= bound:
+                self.counts[i] += 1
+                break
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """Prometheus histogram buckets: (upper bound, steps with lag <= bound)."""
+        running, out = 0, []
+        for bound, count in zip(self.BUCKETS_S, self.counts, strict=True):
+            running += count
+            out.append(("+Inf" if bound == float("inf") else str(bound), running))
+        return out
 
 
 class SimServer:
@@ -114,7 +130,9 @@ class SimServer:
             task.cancel()
 
     async def _step_loop(self, replica: ReplicaScheduler, wakeup: asyncio.Event) -> None:
-        loop = asyncio.get_running_loop()
+        # time.monotonic, not loop.time(): uvloop caches its clock once per loop iteration, and
+        # an iteration that streams hundreds of tokens would make every sleep overshoot.
+        clock = time.monotonic
         start: float | None = None
         try:
             while True:
@@ -122,7 +140,7 @@ class SimServer:
                     wakeup.clear()
                     await wakeup.wait()
                     start = None
-                now = loop.time()
+                now = clock()
                 if start is None or start < now - 0.05:
                     start = now  # idle, or hopelessly behind: restart the schedule from now
                 step = replica.schedule()
@@ -132,11 +150,9 @@ class SimServer:
                     start = None
                     continue
                 end = start + step.duration_s
-                delay = end - loop.time()
-                if delay > 0:
+                while (delay := end - clock()) > 0:
                     await asyncio.sleep(delay)
-                now = loop.time()
-                self.lag.add(max(now - end, 0.0))
+                self.lag.add(clock() - end)
                 for req in replica.finish(step, end):
                     self.generation_tokens_total += 1
                     waiter = req.waiter
@@ -150,8 +166,7 @@ class SimServer:
 
     def submit(self, prompt_tokens: int, max_tokens: int,
                hashes: tuple[int, ...]) -> tuple[SimRequest, ReplicaScheduler]:
-        loop_time = asyncio.get_running_loop().time()
-        req = self.engine.new_request(prompt_tokens, max_tokens, hashes, loop_time)
+        req = self.engine.new_request(prompt_tokens, max_tokens, hashes, time.monotonic())
         replica = self.engine.route()
         self.prompt_tokens_total += prompt_tokens
         if not self.options.hang_completions:
@@ -461,13 +476,11 @@ class _Collector:
                                 "Largest delay of a step's end behind the model's schedule.")
         lag.add_metric([], s.lag.max)
         yield lag
-        steps = CounterMetricFamily("servetune_sim_steps", "Engine steps run.")
-        steps.add_metric([], s.lag.steps)
-        yield steps
-        late = CounterMetricFamily("servetune_sim_steps_late_5ms",
-                                   "Steps that ended more than 5 ms behind the model.")
-        late.add_metric([], s.lag.over_5ms)
-        yield late
+        histogram = HistogramMetricFamily(
+            "servetune_sim_step_lag_seconds",
+            "Delay of each step's end behind the model's schedule.")
+        histogram.add_metric([], s.lag.cumulative(), sum_value=s.lag.total)
+        yield histogram
 
 
 def _error(status: int, message: str, kind: str) -> JSONResponse:
