@@ -16,6 +16,7 @@ setup: $(STAMP)
 
 # The whole suite: unit tests and the integration tiers (real processes, genai-bench).
 test: setup
+	bash scripts/ensure-postgres.sh
 	$(PY) -m ruff check .
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
@@ -25,8 +26,7 @@ test-fast: setup
 	$(PY) -m pytest -m "not integration"
 
 quickstart: setup
-	$(VENV)/bin/servetune sim predict --engine sglang --model-path meta-llama/Llama-3.1-8B-Instruct \
-		--tp-size 1 --sim-gpu H100 --traffic "D(1024,256)" --concurrency 1 8 32 128
+	$(VENV)/bin/servetune run examples/quickstart.yaml
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache servetune-results

@@ -1,31 +1,210 @@
-"""The ``servetune`` command line (one entry point over the Python API).
+"""The ``servetune`` command line: one entry point over the Python API, thin subcommands.
 
-Exit codes: 0 ok, 1 failure, 2 usage or configuration error.
+Exit codes: 0 ok, 1 failure (a study with no successful trial, an engine that failed), 2 usage
+or configuration error (printed as one message, no traceback; ``--debug`` shows it).
 """
 
 from __future__ import annotations
 
+import argparse
+import logging
+import os
+import shlex
 import sys
+from pathlib import Path
 
-USAGE = """usage: servetune <command> [args]
+from common.config import StudyConfig, load_study
+from common.errors import ConfigError, InfraError, ServetuneError
+from common.params import to_argv
+from common.results import TrialRecord, TrialStatus
 
-commands:
-  sim serve|predict ...   the simulated serving engine (see `servetune sim --help`)
-"""
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
-        return 0 if argv else 2
-    command, rest = argv[0], argv[1:]
-    if command == "sim":
+    if argv[:1] == ["sim"]:
         from worker.sim.cli import main as sim_main
 
-        return sim_main(rest)
-    print(f"error: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
-    return 2
+        return sim_main(argv[1:])
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_USAGE
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.handler(args))
+    except ConfigError as e:
+        _error(args, f"configuration error: {e}")
+        return EXIT_USAGE
+    except InfraError as e:
+        _error(args, f"infrastructure error: {e}")
+        return EXIT_FAILURE
+    except ServetuneError as e:
+        _error(args, str(e))
+        return EXIT_FAILURE
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="servetune", description=(
+        "Find the best launch configuration for vLLM, SGLang and TensorRT-LLM deployments."))
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command")
+
+    run = sub.add_parser("run", help="run a study")
+    run.add_argument("study", type=Path, help="study file (YAML or JSON)")
+    run.add_argument("--address", help="Ray address: local, auto, or host:port "
+                     "(default: the study's cluster.address)")
+    run.add_argument("--database-url", help="SQLAlchemy URL (default: $SERVETUNE_DATABASE_URL, "
+                     "else the study's storage)")
+    run.set_defaults(handler=_run)
+
+    validate = sub.add_parser("validate", help="check a study without running it")
+    validate.add_argument("study", type=Path)
+    validate.set_defaults(handler=_validate)
+
+    trials = sub.add_parser("trials", help="list a study's trials from the database")
+    trials.add_argument("name", help="study name")
+    trials.add_argument("--database-url", help="default: $SERVETUNE_DATABASE_URL, else "
+                        "./servetune-results/servetune.db")
+    trials.set_defaults(handler=_trials)
+
+    sub.add_parser("sim", help="the simulated serving engine: servetune sim {serve,predict}")
+    return parser
+
+
+def _load(path: Path, address: str | None = None) -> StudyConfig:
+    study = load_study(path)
+    if address:
+        cluster = study.cluster.model_copy(update={"address": address})
+        study = study.model_copy(update={"cluster": cluster})
+    return study
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from manager.paths import StudyPaths
+    from manager.space import build_plan, describe
+
+    study = _load(args.study)
+    paths = StudyPaths.resolve(study, args.study.resolve().parent)
+    plan = build_plan(study, study.cluster.gpus_per_node)
+    print(f"study {study.name}: {study.engine.name}"
+          f"{' (simulated)' if study.engine.simulated else ''} serving {study.model.name}, "
+          f"{study.search.algorithm} search, up to {study.search.max_trials} trials, "
+          f"{study.search.max_concurrent_trials} at once")
+    for line in describe(plan):
+        print("  " + line)
+    print(f"  benchmark: {', '.join(study.benchmark.scenarios)} at concurrency "
+          f"{', '.join(map(str, study.benchmark.concurrency))}")
+    print(f"  results: {paths.results_dir} (database {_redact(paths.database_url)})")
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    from manager.driver import run_study
+    from manager.paths import StudyPaths
+    from manager.space import build_plan, describe
+
+    study = _load(args.study, args.address)
+    paths = StudyPaths.resolve(study, args.study.resolve().parent, args.database_url)
+    if study.cluster.address == "local":
+        for line in describe(build_plan(study, study.cluster.gpus_per_node)):
+            print(line)
+    print(f"study {study.name}: results in {paths.results_dir}, database "
+          f"{_redact(paths.database_url)}", flush=True)
+    outcome = run_study(study, paths)
+    _print_summary(study, outcome.trials)
+    if outcome.interrupted:
+        print("interrupted: running trials were stopped and torn down; finished trials are "
+              "in the database")
+        return EXIT_FAILURE
+    print(f"{len(outcome.trials)} trials in {outcome.wall_s:.0f} s")
+    return EXIT_OK if outcome.best else EXIT_FAILURE
+
+
+def _trials(args: argparse.Namespace) -> int:
+    from common.store import Store
+
+    url = (args.database_url or os.environ.get("SERVETUNE_DATABASE_URL")
+           or f"sqlite:///{Path('servetune-results/servetune.db').resolve()}")
+    store = Store.open(url)
+    try:
+        if store.study(args.name) is None:
+            raise ConfigError(f"no study named {args.name!r} in {_redact(url)}",
+                              path="name", value=args.name)
+        records = store.trials(args.name)
+    finally:
+        store.close()
+    _print_table(records, limit=None)
+    return EXIT_OK
+
+
+def _print_summary(study: StudyConfig, records: list[TrialRecord]) -> None:
+    succeeded = [r for r in records if r.status is TrialStatus.SUCCEEDED]
+    failed = [r for r in records if r.status is TrialStatus.FAILED]
+    print(f"\n{len(succeeded)} succeeded, {len(failed)} failed")
+    if not succeeded:
+        return
+    ranked = sorted(succeeded, key=lambda r: r.score or float("-inf"), reverse=True)
+    print("best trials:")
+    _print_table(ranked, limit=5)
+    best = ranked[0]
+    print(f"\nbest: trial {best.number}, {study.objective.metric}"
+          f"{' per GPU' if study.objective.per_gpu else ''} = {best.objective_value:.4g}")
+    print("launch it with:\n  " + native_command(study, best))
+    if study.engine.simulated:
+        print("(simulated here with:\n  " + shlex.join(best.argv) + ")")
+
+
+def native_command(study: StudyConfig, record: TrialRecord) -> str:
+    """The real engine's command line for a trial's flags."""
+    from worker.engines import get_engine
+
+    flags = {**study.fixed_flags, **record.params}
+    engine = get_engine(study.engine.name)
+    argv = engine.command(study.model.name, to_argv(study.engine.name, flags), "0.0.0.0",
+                          8000, study.model.served)
+    if argv[0] == sys.executable:
+        argv = ["python3", *argv[1:]]  # the engine's own environment, not servetune's venv
+    gpus = len(record.gpu_ids)
+    return f"CUDA_VISIBLE_DEVICES={','.join(str(i) for i in range(gpus))} {shlex.join(argv)}"
+
+
+def _print_table(records: list[TrialRecord], limit: int | None) -> None:
+    print(f"{'trial':>5} {'status':<10} {'reason':<18} {'score':>10} {'gpus':<9} "
+          f"{'ttft ms':>8} {'tpot ms':>8} {'out tok/s':>9}  params")
+    for record in records[:limit]:
+        levels = record.levels
+        ttft = _mean([lv.ttft_ms.mean for lv in levels])
+        tpot = _mean([lv.tpot_ms.mean for lv in levels])
+        tput = _mean([lv.output_tokens_per_s for lv in levels])
+        score = f"{record.score:.4g}" if record.score is not None else "-"
+        params = ", ".join(f"{k}={v}" for k, v in record.params.items())
+        print(f"{record.number:>5} {record.status.value:<10} "
+              f"{(record.reason.value if record.reason else ''):<18} {score:>10} "
+              f"{','.join(record.gpu_ids):<9} {ttft:>8} {tpot:>8} {tput:>9}  {params}")
+
+
+def _mean(values: list[float]) -> str:
+    values = [v for v in values if v == v]
+    return f"{sum(values) / len(values):.1f}" if values else "-"
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+    return url
+
+
+def _error(args: argparse.Namespace, message: str) -> None:
+    if getattr(args, "debug", False):
+        logging.exception(message)
+    print(f"servetune: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -76,7 +76,11 @@ def serve(argv: list[str]) -> int:
     from worker.sim.server import SimServer, create_app
     from worker.sim.tokens import SimTokenizer
 
-    tokenizer = SimTokenizer.load(options.tokenizer)
+    try:
+        tokenizer = SimTokenizer.load(options.tokenizer)
+    except (OSError, ValueError) as e:
+        return _engine_error(f"OSError: cannot load the tokenizer from "
+                             f"{options.tokenizer or 'the shipped directory'}: {e}")
     app = create_app(SimServer(engine, tokenizer))
     # The standard asyncio loop, not uvloop: uvloop computes its poll timeout from a clock
     # cached at the start of each loop iteration, so a step's timer fires late by however
@@ -99,9 +103,13 @@ def predict(argv: list[str]) -> int:
         traffic = TrafficScenario.parse(ns.traffic)
         if any(c < 1 for c in ns.concurrency):
             raise EngineArgsError(f"--concurrency: {ns.concurrency} must all be >= 1")
-        engine = SimEngine.from_argv(engine_argv)
+        args, options = parse_engine_argv(engine_argv)
     except (EngineArgsError, TrafficError) as e:
         return _usage_error(e)
+    try:
+        engine = SimEngine.from_args(args, options)
+    except EngineArgsError as e:
+        return _engine_error(f"ValueError: {e}")
     plan = engine.plan
     report: dict[str, object] = {
         "engine": engine.setup.engine, "model": engine.setup.model.name,

@@ -69,14 +69,19 @@ class SimEngine:
         return self.plan.failure is not None
 
     def new_request(self, prompt_len: int, max_tokens: int, hashes: tuple[int, ...] = (),
-                    arrival_s: float = 0.0) -> SimRequest:
-        """Check a request against the engine's limits and build it (not yet routed)."""
+                    arrival_s: float = 0.0, requested_max_tokens: int | None = None
+                    ) -> SimRequest:
+        """Check a request against the engine's limits and build it (not yet routed).
+
+        ``max_tokens`` is what the reply will have; ``requested_max_tokens`` (default: the
+        same) is the client's limit, which the engine validates as vLLM does."""
         limit = self.setup.max_model_len
-        if prompt_len + max_tokens > limit:
+        requested = max_tokens if requested_max_tokens is None else requested_max_tokens
+        if prompt_len + requested > limit:
             raise RequestRejected(
                 f"This model's maximum context length is {limit} tokens. However, you "
-                f"requested {prompt_len + max_tokens} tokens ({prompt_len} in the messages, "
-                f"{max_tokens} in the completion). Please reduce the length of the messages "
+                f"requested {prompt_len + requested} tokens ({prompt_len} in the messages, "
+                f"{requested} in the completion). Please reduce the length of the messages "
                 "or completion.")
         if max_tokens < 1:
             raise RequestRejected(f"max_tokens must be at least 1, got {max_tokens}.")

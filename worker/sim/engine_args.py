@@ -167,6 +167,10 @@ def resolve(args: EngineArgs, model: ModelArch, gpu: GPUSpec) -> EngineSetup:
             f"--quantization: {args.quantization!r} is not supported by the simulator; "
             f"allowed: {', '.join(sorted(QUANT_WEIGHT_BYTES))}"
         )
+    if model.num_attention_heads % args.tp:
+        raise EngineArgsError(
+            f"Total number of attention heads ({model.num_attention_heads}) must be divisible "
+            f"by tensor parallel size ({args.tp}).")
     quant = args.quantization or model.quantization
     weight_bytes = QUANT_WEIGHT_BYTES.get(quant, 2.0) if quant else 2.0
     fp8_compute = bool(quant in FP8_COMPUTE_QUANTS and gpu.fp8_dense_tflops)
@@ -411,7 +415,9 @@ def _vllm_args(ns: argparse.Namespace, unknown: list[str]) -> EngineArgs:
         raise EngineArgsError(
             f"model given twice: positional {ns.model_tag!r} and --model {ns.model!r}"
         )
-    model = ns.model_tag or ns.model or "Qwen/Qwen3-0.6B"
+    model = ns.model_tag or ns.model
+    if not model:
+        raise EngineArgsError("the model is required: `vllm serve MODEL` or --model MODEL")
     return EngineArgs(
         engine="vllm", model=model,
         served_model_name=ns.served_model_name[0] if ns.served_model_name else None,

@@ -88,7 +88,9 @@ class KVCache:
     def release(self, private_blocks: int, hashes: list[int]) -> None:
         """Give back a request's private blocks and its references on cached blocks."""
         self.free += private_blocks
-        for h in hashes:
+        # Tail blocks first: the LRU then evicts a prefix from its end, keeping the shared head
+        # reachable (as vLLM frees blocks in reverse order).
+        for h in reversed(hashes):
             refs = self._refs[h] - 1
             self._refs[h] = refs
             if refs == 0:

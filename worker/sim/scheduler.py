@@ -31,8 +31,9 @@ from worker.sim.perf import GIB, BatchShape, MemoryPlan, StepModel
 
 # SGLang's admission estimate of future decode tokens (init, floor, decay steps).
 SGLANG_INIT_NEW_TOKEN_RATIO = 0.7
-SGLANG_MIN_NEW_TOKEN_RATIO = 0.14
+SGLANG_MIN_NEW_TOKEN_RATIO = 0.7 * 0.14  # init ratio × base minimum factor
 SGLANG_NEW_TOKEN_RATIO_DECAY_STEPS = 600
+SGLANG_CLIP_MAX_NEW_TOKENS = 4096  # per-request cap of the estimate
 # SGLang sorts by prefix match only for short queues (longer ones fall back to FCFS).
 SGLANG_LPM_QUEUE_LIMIT = 128
 
@@ -196,21 +197,18 @@ class ReplicaScheduler:
     def _schedule_mixed(self) -> list[tuple[SimRequest, int]]:
         budget = self.setup.token_budget
         entries: list[tuple[SimRequest, int]] = []
-        preempted = False
+        preemptions_before = self.preemptions
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
             tokens = min(req.pending_tokens, budget)
             if not self._grow(req, tokens):
-                preempted = True
-                if req not in self.running:
-                    break  # the request itself was preempted
-                continue
+                break  # the request itself was preempted
             entries.append((req, tokens))
             budget -= tokens
             i += 1
-        if preempted:
-            return entries
+        if self.preemptions != preemptions_before:
+            return entries  # vLLM admits nothing new in a step that preempted
         while self.waiting and budget > 0 and len(self.running) < self.setup.max_running:
             req = self.waiting[0]
             tokens = self._admit(req, budget)
@@ -258,7 +256,9 @@ class ReplicaScheduler:
             return entries
         self._order_waiting()
         bs = self.setup.block_size
-        reserved = sum(int((r.max_tokens - r.num_output) * self.new_token_ratio)
+        # KV still to be taken by running requests: their expected output (and the unallocated
+        # rest of a chunked prompt); allocated blocks are already out of ``available``.
+        reserved = sum(self._expected_output(r) + max(r.prompt_len - r.num_computed, 0)
                        for r in self.running)
         while self.waiting and budget > 0 and len(self.running) < self.setup.max_running:
             req = self.waiting[0]
@@ -266,18 +266,23 @@ class ReplicaScheduler:
             remaining = req.prompt_len + req.num_output - hit * bs
             if not self.setup.chunked_prefill and remaining > budget and entries:
                 break
-            expected = remaining + int((req.max_tokens - req.num_output) * self.new_token_ratio)
-            if self.kv.available * bs - reserved < expected:
+            expected = self._expected_output(req)
+            if self.kv.available * bs - reserved < remaining + expected:
                 break
             tokens = self._admit(req, budget)
             if tokens == 0:
                 break
-            reserved += expected
+            reserved += (remaining - tokens) + expected
             self.waiting.popleft()
             self.running.append(req)
             entries.append((req, tokens))
             budget -= tokens
         return entries
+
+    def _expected_output(self, req: SimRequest) -> int:
+        """SGLang's estimate of a request's future decode tokens (capped per request)."""
+        remaining = min(req.max_tokens - req.num_output, SGLANG_CLIP_MAX_NEW_TOKENS)
+        return int(remaining * self.new_token_ratio)
 
     def _schedule_decode(self) -> list[tuple[SimRequest, int]]:
         entries: list[tuple[SimRequest, int]] = []

@@ -164,9 +164,10 @@ class SimServer:
         except EngineCrashed as crash:
             _die(str(crash))
 
-    def submit(self, prompt_tokens: int, max_tokens: int,
-               hashes: tuple[int, ...]) -> tuple[SimRequest, ReplicaScheduler]:
-        req = self.engine.new_request(prompt_tokens, max_tokens, hashes, time.monotonic())
+    def submit(self, prompt_tokens: int, output_tokens: int, hashes: tuple[int, ...],
+               max_tokens: int) -> tuple[SimRequest, ReplicaScheduler]:
+        req = self.engine.new_request(prompt_tokens, output_tokens, hashes, time.monotonic(),
+                                      requested_max_tokens=max_tokens)
         replica = self.engine.route()
         self.prompt_tokens_total += prompt_tokens
         if not self.options.hang_completions:
@@ -281,7 +282,8 @@ async def _generate(server: SimServer, request: Request, chat: bool) -> Response
         ids = _prompt_ids(server.tokenizer, body, chat)
         max_tokens = _max_tokens(body, len(ids), server.engine.setup.max_model_len)
         output_tokens = _output_tokens(server, body, max_tokens)
-        req, replica = server.submit(len(ids), output_tokens, server.block_hashes(ids))
+        req, replica = server.submit(len(ids), output_tokens, server.block_hashes(ids),
+                                     max_tokens)
     except (ValueError, TypeError) as e:
         return _error(400, str(e), "BadRequestError")
     except RequestRejected as e:

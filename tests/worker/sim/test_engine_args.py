@@ -90,3 +90,15 @@ def test_visible_gpu_count_reads_cuda_visible_devices() -> None:
     assert visible_gpu_count({"CUDA_VISIBLE_DEVICES": "0,3,5"}) == 3
     assert visible_gpu_count({"CUDA_VISIBLE_DEVICES": ""}) == 0
     assert visible_gpu_count({}) is None
+
+
+def test_tensor_parallel_size_must_divide_the_attention_heads() -> None:
+    """vLLM/SGLang refuse a tp size that does not divide the heads (e.g. 3 for Llama's 32)."""
+    args, _ = parse_engine_argv(["--engine", "vllm", "m", "-tp", "3"])
+    with pytest.raises(EngineArgsError, match="divisible by tensor parallel size"):
+        resolve(args, find_model("Llama-3.1-8B"), find_gpu("H100"))
+
+
+def test_vllm_needs_a_model() -> None:
+    with pytest.raises(EngineArgsError, match="model is required"):
+        parse_engine_argv(["--engine", "vllm", "-tp", "1"])

@@ -137,6 +137,9 @@ def test_bad_requests_get_openai_style_errors(sim_server):
         assert client.post(url, json={"prompt": "x", "max_tokens": -1}).status_code == 400
         long = client.post(url, json={"prompt": "word " * 100, "max_tokens": 8})
         assert long.status_code == 400 and "maximum context length" in long.json()["message"]
+        # The client's max_tokens is checked even when the reply would stop earlier.
+        limit = client.post(url, json={"prompt": "word", "max_tokens": 100})
+        assert limit.status_code == 400
 
 
 def run_engine(args: list[str], gpus: str | None = "0",

@@ -1,0 +1,364 @@
+"""The study file: one strict pydantic model per section, validated once at load.
+
+A study file (YAML or JSON) names the model, the engine and how it is launched, the search space
+over the engine's own flags, the search, the benchmark, the objective, the cluster and the
+storage. ``load_study`` returns a frozen ``StudyConfig`` or raises ``ConfigError`` whose message
+names each bad field's path, the value given and what is allowed — before Ray or any engine
+starts. Deployment settings (database URL, Ray address) may also come from the environment
+(``SERVETUNE_DATABASE_URL``, ``RAY_ADDRESS``); secrets never belong in the study file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from common.errors import ConfigError
+from common.params import PARALLEL_FLAGS, RESERVED_FLAGS, normalize_flag, parallel_key
+from common.traffic import TrafficError, TrafficScenario
+
+FlagValue = bool | int | float | str
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class ModelSection(_Section):
+    name: str = Field(min_length=1)
+    """What the engine loads: a Hugging Face id or a local path."""
+    served_name: str | None = None
+    """Name the engine serves the model under (default: ``name``)."""
+    tokenizer: str | None = None
+    """Tokenizer for the benchmark (HF id or local path). Default: the model; for the simulated
+    engine, the tokenizer shipped with servetune."""
+
+    @property
+    def served(self) -> str:
+        return self.served_name or self.name
+
+
+class EngineSection(_Section):
+    name: Literal["vllm", "sglang", "trtllm"]
+    """The inference engine whose flags are searched."""
+    version: str | None = None
+    """Engine version the flags are meant for (informational until the flag registry)."""
+    simulated: bool = False
+    """Run servetune's simulated engine with this engine's flags (vllm and sglang dialects)."""
+
+    @model_validator(mode="after")
+    def _sim_dialect(self) -> EngineSection:
+        if self.simulated and self.name == "trtllm":
+            raise ValueError("the simulated engine speaks the vllm and sglang dialects, not "
+                             "trtllm; set engine.name to vllm or sglang, or simulated: false")
+        return self
+
+
+class LauncherSection(_Section):
+    kind: Literal["process", "docker"] = "process"
+    """How the engine runs: a child process (``process``) or a container (``docker``)."""
+    image: str | None = None
+    """Container image (docker launcher)."""
+    command: list[str] | None = None
+    """Replaces the engine's executable prefix (e.g. ``["python3", "-m", "vllm.entrypoints.
+    openai.api_server"]``); the flags are appended."""
+    env: dict[str, str] = Field(default_factory=dict)
+    """Extra environment for the engine (no secrets: pass those through the environment)."""
+
+
+class NumericRange(_Section):
+    low: float
+    """Lowest value (inclusive)."""
+    high: float
+    """Highest value (inclusive)."""
+    log: bool = False
+    """Sample on a log scale (low must be > 0)."""
+    step: float | None = None
+    """Quantization step; required to expand a range in grid search."""
+
+    @model_validator(mode="after")
+    def _check(self) -> NumericRange:
+        if self.high < self.low:
+            raise ValueError(f"high ({self.high}) must be >= low ({self.low})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log scale needs low > 0, got {self.low}")
+        if self.step is not None and self.step <= 0:
+            raise ValueError(f"step must be > 0, got {self.step}")
+        return self
+
+    @property
+    def is_int(self) -> bool:
+        values = (self.low, self.high, self.step if self.step is not None else 1.0)
+        return all(float(v).is_integer() for v in values)
+
+    def grid(self) -> list[float | int]:
+        """The values a grid search visits (needs ``step``)."""
+        if self.step is None:
+            raise ValueError("a numeric range needs a step to be expanded into a grid")
+        count = int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
+        values = [self.low + i * self.step for i in range(count)]
+        if self.is_int:
+            return [int(v) for v in values]
+        return [round(v, 10) for v in values]
+
+
+SearchParam = Annotated[list[FlagValue], Field(min_length=1)] | NumericRange
+
+
+class SearchSection(_Section):
+    algorithm: Literal["grid", "random", "tpe"] = "tpe"
+    """grid: every combination; random: uniform samples; tpe: Optuna's TPE sampler."""
+    max_trials: int = Field(default=20, ge=1)
+    """Upper bound on trials (a grid larger than this is cut, in order)."""
+    max_concurrent_trials: int = Field(default=4, ge=1)
+    """Trials running at once (also bounded by free GPUs)."""
+    seed: int = 0
+    """Seed of the searcher."""
+    time_budget_s: float | None = Field(default=None, gt=0)
+    """Stop starting trials after this many seconds."""
+    startup_trials: int = Field(default=5, ge=0)
+    """TPE: random trials before the model-based sampling starts."""
+
+
+class TimeoutsSection(_Section):
+    startup_s: float = Field(default=900.0, gt=0)
+    """Deadline for the engine to become ready (model load, compile, CUDA graphs)."""
+    teardown_s: float = Field(default=30.0, gt=0)
+    """Deadline for the engine to stop before it is killed."""
+
+
+class BenchmarkSection(_Section):
+    scenarios: list[str] = Field(default_factory=lambda: ["D(1024,256)"], min_length=1)
+    """genai-bench traffic scenarios: D(in,out), N(mi,si)/(mo,so), U(...)."""
+    concurrency: list[int] = Field(default_factory=lambda: [1, 8, 32], min_length=1)
+    """Concurrency levels, each a closed loop of this many users."""
+    requests_per_level: int = Field(default=64, ge=1)
+    """genai-bench --max-requests-per-run (it overshoots by up to one second of requests)."""
+    seconds_per_level: float = Field(default=120.0, ge=60.0)
+    """genai-bench --max-time-per-run, rounded up to whole minutes (its unit)."""
+    warmup_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Share of each level's first completed requests left out of the statistics."""
+    api_backend: Literal["vllm", "sglang", "openai"] | None = None
+    """genai-bench backend (default: the engine's; vllm/sglang send ignore_eos)."""
+    timeouts: TimeoutsSection = Field(default_factory=TimeoutsSection)
+
+    @field_validator("scenarios")
+    @classmethod
+    def _scenarios(cls, value: list[str]) -> list[str]:
+        for text in value:
+            try:
+                TrafficScenario.parse(text)
+            except TrafficError as e:
+                raise ValueError(str(e)) from None
+        return value
+
+    @field_validator("concurrency")
+    @classmethod
+    def _levels(cls, value: list[int]) -> list[int]:
+        if any(c < 1 for c in value):
+            raise ValueError(f"concurrency levels must be >= 1, got {value}")
+        return sorted(set(value))
+
+
+OBJECTIVE_METRICS = ("output_throughput", "total_throughput", "requests_per_s",
+                     "e2e_latency", "ttft", "tpot")
+LATENCY_METRICS = frozenset({"e2e_latency", "ttft", "tpot"})
+
+
+class ObjectiveSection(_Section):
+    metric: Literal["output_throughput", "total_throughput", "requests_per_s", "e2e_latency",
+                    "ttft", "tpot"] = "output_throughput"
+    """Throughputs are maximized, latencies minimized."""
+    per_gpu: bool = False
+    """Divide throughput by the trial's GPU count (compare 2-GPU and 8-GPU configs fairly)."""
+    statistic: Literal["mean", "p50", "p90", "p95", "p99"] = "mean"
+    """Which statistic of a latency metric."""
+
+    @property
+    def maximize(self) -> bool:
+        return self.metric not in LATENCY_METRICS
+
+    @model_validator(mode="after")
+    def _check(self) -> ObjectiveSection:
+        if self.per_gpu and not self.maximize:
+            raise ValueError("per_gpu applies to throughput metrics, not latency")
+        return self
+
+
+class ClusterSection(_Section):
+    address: str = "local"
+    """``local`` (start a Ray instance here), ``auto`` (join the running cluster) or an
+    address (``ray://host:10001``, ``host:6379``)."""
+    gpus_per_node: int = Field(default=8, ge=1)
+    """Local mode: logical GPUs of the local node (Ray hands out disjoint ids)."""
+    cpus_per_trial: float = Field(default=1.0, gt=0)
+    """CPUs each trial reserves (engine process + benchmark client)."""
+    gpu_type: str = "H100"
+    """GPU model: what the simulated engine simulates; recorded for real engines."""
+    dashboard: bool = True
+    """Local mode: start the Ray dashboard (http://127.0.0.1:8265)."""
+
+
+class StorageSection(_Section):
+    database_url: str | None = None
+    """SQLAlchemy URL; default: $SERVETUNE_DATABASE_URL, else an SQLite file in results_dir."""
+    results_dir: str = "servetune-results"
+    """Where logs, benchmark outputs and Tune's state go (relative to the study file)."""
+
+
+class StudyConfig(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    """Study name: letters, digits, '.', '_', '-' (it names directories and Ray trials)."""
+    model: ModelSection
+    engine: EngineSection
+    launcher: LauncherSection = Field(default_factory=LauncherSection)
+    search_space: dict[str, SearchParam] = Field(min_length=1)
+    """Engine flags to search: a list (categorical) or {low, high, log, step} (numeric)."""
+    fixed_flags: dict[str, FlagValue | list[FlagValue]] = Field(default_factory=dict)
+    """Engine flags set the same way in every trial."""
+    search: SearchSection = Field(default_factory=SearchSection)
+    benchmark: BenchmarkSection = Field(default_factory=BenchmarkSection)
+    objective: ObjectiveSection = Field(default_factory=ObjectiveSection)
+    cluster: ClusterSection = Field(default_factory=ClusterSection)
+    storage: StorageSection = Field(default_factory=StorageSection)
+
+    @field_validator("search_space", "fixed_flags", mode="before")
+    @classmethod
+    def _strip_dashes(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {normalize_flag(str(k)): v for k, v in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _flags(self) -> StudyConfig:
+        both = set(self.search_space) & set(self.fixed_flags)
+        if both:
+            raise ValueError(f"flags both searched and fixed: {sorted(both)}; keep each in one")
+        for flag in [*self.search_space, *self.fixed_flags]:
+            if flag in RESERVED_FLAGS:
+                raise ValueError(f"flag {flag!r} is set by servetune (model, host, port and "
+                                 "served name come from the model section)")
+        if self.engine.name == "trtllm":
+            for flag in [*self.search_space, *self.fixed_flags]:
+                if flag in ("dp", "dp-size", "data-parallel-size", "dp_size"):
+                    raise ValueError(f"flag {flag!r}: TensorRT-LLM has no data parallelism "
+                                     "(scale out with more trials or replicas instead)")
+        for flag, spec in self.search_space.items():
+            if parallel_key(self.engine.name, flag) is None:
+                continue
+            values = spec if isinstance(spec, list) else None
+            if isinstance(spec, NumericRange) and not spec.is_int:
+                raise ValueError(f"search_space.{flag}: a parallel size must be an integer "
+                                 "range or a list of integers")
+            if values is not None and not all(isinstance(v, int) and v >= 1 for v in values):
+                raise ValueError(f"search_space.{flag}: parallel sizes must be integers >= 1, "
+                                 f"got {values}")
+        return self
+
+    @property
+    def parallel_flags(self) -> tuple[str, ...]:
+        names = PARALLEL_FLAGS[self.engine.name]
+        return tuple(n for group in names.values() for n in group)
+
+
+def load_study(path: str | Path) -> StudyConfig:
+    """Read and validate a study file; ``ConfigError`` lists every problem found."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read study file {path}: {e.strerror}", path=str(path)) from e
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
+                          f"{e}", path=str(path)) from e
+    return parse_study(data, source=str(path))
+
+
+def parse_study(data: Any, source: str = "study") -> StudyConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the study must be a mapping of sections, got "
+                          f"{type(data).__name__}")
+    try:
+        return StudyConfig.model_validate(data)
+    except ValidationError as e:
+        errors = [err for err in e.errors() if not _other_union_branch(err)] or e.errors()
+        problems = [_describe(err, data) for err in errors]
+        first = errors[0]
+        raise ConfigError(f"{source}: {len(problems)} problem(s):\n  - " + "\n  - ".join(problems),
+                          path=_path(first["loc"]), value=first.get("input")) from None
+
+
+def _other_union_branch(err: Any) -> bool:
+    """A search-space value is a list or a range: drop the branch the input was not meant for."""
+    loc = [str(p) for p in err["loc"]]
+    value = err.get("input")
+    if any(p.startswith("list[") for p in loc) and err["type"] == "list_type":
+        return isinstance(value, dict)
+    if "NumericRange" in loc and err["type"] == "model_type":
+        return isinstance(value, list)
+    return False
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if not (isinstance(p, str) and (p.startswith("list[")
+                                                                   or p == "NumericRange"
+                                                                   or p.startswith("function-")
+                                                                   or p in ("bool", "int",
+                                                                            "float", "str")))]
+    return ".".join(parts) or "(top level)"
+
+
+def _describe(err: Any, data: dict[str, Any]) -> str:
+    loc = tuple(err["loc"])
+    path = _path(loc)
+    kind = err["type"]
+    value = err.get("input")
+    if kind == "extra_forbidden":
+        parent_fields = _fields_at(loc[:-1])
+        hint = difflib.get_close_matches(str(loc[-1]), parent_fields, n=1)
+        allowed = ", ".join(parent_fields)
+        did_you_mean = f"; did you mean {hint[0]!r}?" if hint else ""
+        return f"{path}: unknown key{did_you_mean} (allowed: {allowed})"
+    if kind == "missing":
+        return f"{path}: required"
+    if kind == "literal_error":
+        expected = err.get("ctx", {}).get("expected", "")
+        return f"{path}: {value!r} is not allowed; expected {expected}"
+    message = err["msg"].removeprefix("Value error, ")
+    shown = _short(value)
+    return f"{path}: {message} (got {shown})"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the section at ``loc`` (for 'did you mean')."""
+    model: type[BaseModel] = StudyConfig
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            return []
+    return list(model.model_fields)

@@ -1,0 +1,73 @@
+"""Domain types of a study's outcome: trial status, failure reasons and the trial record.
+
+A ``TrialRecord`` is what one trial attempt leaves behind, from the moment it starts (status
+``running``) to its terminal state; the store persists it keyed by (study, number, attempt), so
+writing the same record twice never duplicates a row.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from common.benchmark import LevelMetrics
+
+
+class TrialStatus(str, enum.Enum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class FailureReason(str, enum.Enum):
+    """Why a trial failed. Deterministic reasons are results the searcher learns from;
+    infrastructure reasons are retried (``retryable``)."""
+
+    INFEASIBLE_CONFIG = "infeasible_config"  # e.g. OOM at startup, invalid flag combination
+    STARTUP_TIMEOUT = "startup_timeout"
+    ENGINE_CRASH = "engine_crash"
+    BENCHMARK_ERROR = "benchmark_error"
+    SLO_VIOLATED = "slo_violated"
+    NODE_LOST = "node_lost"
+    DRIVER_LOST = "driver_lost"
+    INFRA_ERROR = "infra_error"
+    CANCELLED = "cancelled"
+
+    @property
+    def retryable(self) -> bool:
+        return self in (FailureReason.NODE_LOST, FailureReason.DRIVER_LOST,
+                        FailureReason.INFRA_ERROR)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class TrialRecord:
+    """One attempt of one trial of a study."""
+
+    study: str
+    number: int
+    attempt: int = 0
+    trial_id: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    argv: list[str] = field(default_factory=list)
+    gpu_ids: list[str] = field(default_factory=list)
+    node: str = ""
+    status: TrialStatus = TrialStatus.RUNNING
+    reason: FailureReason | None = None
+    message: str = ""
+    score: float | None = None
+    objective_value: float | None = None
+    phase_timings_s: dict[str, float] = field(default_factory=dict)
+    started_at: datetime = field(default_factory=utcnow)
+    finished_at: datetime | None = None
+    log_excerpt: str = ""
+    levels: list[LevelMetrics] = field(default_factory=list)
+
+    @property
+    def world_size(self) -> int:
+        return len(self.gpu_ids)

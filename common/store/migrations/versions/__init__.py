@@ -1,0 +1,1 @@
+"""Alembic revisions, one file each; never edit one that has been applied."""

@@ -1,0 +1,83 @@
+"""The study schema: every error names the field path, the bad value and what is allowed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from common.config import load_study, parse_study
+from common.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+MINIMAL = {"name": "s", "model": {"name": "meta-llama/Llama-3.1-8B-Instruct"},
+           "engine": {"name": "vllm", "simulated": True},
+           "search_space": {"max-num-seqs": [64, 128]}}
+
+
+def with_(**sections: object) -> dict:  # type: ignore[type-arg]
+    return {**MINIMAL, **sections}
+
+
+def error_of(data: dict) -> ConfigError:  # type: ignore[type-arg]
+    with pytest.raises(ConfigError) as info:
+        parse_study(data)
+    return info.value
+
+
+def test_examples_validate() -> None:
+    """Every study file in examples/ loads."""
+    files = sorted((REPO / "examples").glob("*.yaml"))
+    assert files
+    for path in files:
+        assert load_study(path).name
+
+
+def test_defaults_fill_every_section() -> None:
+    """A minimal study gets defaults for search, benchmark, objective, cluster and storage."""
+    study = parse_study(MINIMAL)
+    assert study.search.algorithm == "tpe" and study.objective.maximize
+    assert study.benchmark.concurrency == [1, 8, 32]
+    assert study.cluster.address == "local" and study.launcher.kind == "process"
+
+
+@pytest.mark.parametrize("data,path,fragment", [
+    (with_(engine={"name": "vlm"}), "engine.name", "'vllm', 'sglang' or 'trtllm'"),
+    (with_(search={"algoritm": "grid"}), "search.algoritm", "did you mean 'algorithm'"),
+    (with_(search={"max_trials": 0}), "search.max_trials", "greater than or equal to 1"),
+    (with_(benchmark={"scenarios": ["Q(1,2)"]}), "benchmark.scenarios", "D(in,out)"),
+    (with_(search_space={"mem-fraction-static": {"low": 0.9, "high": 0.5}}),
+     "search_space.mem-fraction-static", "high (0.5) must be >= low (0.9)"),
+    (with_(objective={"metric": "ttft", "per_gpu": True}), "objective", "throughput"),
+    (with_(engine={"name": "trtllm"}, search_space={"dp-size": [1, 2]}), "(top level)",
+     "no data parallelism"),
+    (with_(fixed_flags={"port": 9000}), "(top level)", "set by servetune"),
+    (with_(search_space={"tp": [1, 2.5]}), "(top level)", "integers"),
+    (with_(name="has space"), "name", "pattern"),
+])
+def test_errors_name_the_path_value_and_allowed(data, path: str, fragment: str) -> None:
+    """A bad field is reported with its dotted path and a hint of what is allowed."""
+    message = str(error_of(data))
+    assert f"{path}:" in message and fragment in message
+
+
+def test_all_problems_are_reported_at_once() -> None:
+    """Several bad fields → one error listing each of them."""
+    message = str(error_of(with_(engine={"name": "x"}, search={"max_trials": -1},
+                                 benchmak={})))
+    assert "3 problem(s)" in message
+    assert "did you mean 'benchmark'" in message
+
+
+def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
+    """A missing file or invalid YAML is a ConfigError naming the file, not a traceback."""
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_study(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_study(bad)
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping of sections"):
+        load_study(listed)

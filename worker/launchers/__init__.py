@@ -1,0 +1,80 @@
+"""Launchers by name: ``get_launcher("process")``.
+
+The registry maps each name to a lazy factory, so looking one launcher up imports only its
+module (the docker launcher will import the ``docker`` SDK; the process launcher must not).
+Names that are planned but not built yet are listed apart and fail with a clear message.
+
+Typical use in a trial (the engine builds argv and env; the launcher runs them)::
+
+    port = free_port()  # worker.launchers.process
+    spec = DeploymentSpec(
+        argv=engine.command(model, flags, "127.0.0.1", port, served_name), port=port,
+        log_path=trial_dir / "engine.log", served_model_name=served_name,
+        classify=engine.classify_failure, env=engine.gpu_env(gpu_ids),
+        gpu_ids=gpu_ids, health_path=engine.health_path,
+        labels={"study": study, "trial": trial_id})
+    with get_launcher("process").launch(spec) as deployment:
+        deployment.wait_ready(timeout_s=600)
+        ...  # benchmark deployment.url
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from common.errors import ConfigError
+from worker.launchers.base import (
+    Deployment,
+    DeploymentError,
+    DeploymentSpec,
+    EngineExited,
+    EngineNotReady,
+    Launcher,
+    ProbeRejected,
+)
+
+__all__ = [
+    "LAUNCHER_NAMES",
+    "Deployment",
+    "DeploymentError",
+    "DeploymentSpec",
+    "EngineExited",
+    "EngineNotReady",
+    "Launcher",
+    "ProbeRejected",
+    "get_launcher",
+]
+
+
+def _process() -> Launcher:
+    from worker.launchers.process import ProcessLauncher
+
+    return ProcessLauncher()
+
+
+_FACTORIES: dict[str, Callable[[], Launcher]] = {
+    "process": _process,
+}
+# Planned launchers and why they cannot be used yet.
+_NOT_YET_AVAILABLE: dict[str, str] = {
+    "docker": "the docker launcher is not implemented yet; use launcher 'process'",
+}
+LAUNCHER_NAMES: tuple[str, ...] = tuple(_FACTORIES)
+
+
+def get_launcher(name: str) -> Launcher:
+    """The launcher registered as ``name``.
+
+    Raises ``ConfigError``: for a planned launcher, saying it is not available yet; for an
+    unknown name, listing the available ones.
+    """
+    factory = _FACTORIES.get(name)
+    if factory is not None:
+        return factory()
+    if name in _NOT_YET_AVAILABLE:
+        raise ConfigError(f"launcher {name!r} is not available yet: {_NOT_YET_AVAILABLE[name]}",
+                          path="launcher", value=name, allowed=LAUNCHER_NAMES)
+    planned = f" (planned: {', '.join(_NOT_YET_AVAILABLE)})" if _NOT_YET_AVAILABLE else ""
+    raise ConfigError(
+        f"unknown launcher {name!r}; available launchers: {', '.join(LAUNCHER_NAMES)}{planned}",
+        path="launcher", value=name, allowed=LAUNCHER_NAMES)
