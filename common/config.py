@@ -55,7 +55,7 @@ class EngineSection(_Section):
     name: Literal["vllm", "sglang", "trtllm"]
     """The inference engine whose flags are searched."""
     version: str | None = None
-    """Engine version the flags are meant for (informational until the flag registry)."""
+    """Engine version the flags are meant for; recorded with the study (not yet checked)."""
     simulated: bool = False
     """Run servetune's simulated engine with this engine's flags (vllm and sglang dialects)."""
 
@@ -69,25 +69,26 @@ class EngineSection(_Section):
 
 class LauncherSection(_Section):
     kind: Literal["process", "docker"] = "process"
-    """How the engine runs: a child process (``process``) or a container (``docker``)."""
+    """How the engine runs: a child process (``process``) or a container (``docker``, not
+    available yet)."""
     image: str | None = None
-    """Container image (docker launcher)."""
+    """Container image (docker launcher only)."""
     command: list[str] | None = None
-    """Replaces the engine's executable prefix (e.g. ``["python3", "-m", "vllm.entrypoints.
-    openai.api_server"]``); the flags are appended."""
+    """Replaces the engine's executable (the argv items before the model), e.g.
+    ``["/opt/venv/bin/vllm", "serve"]``; the model and flags follow."""
     env: dict[str, str] = Field(default_factory=dict)
     """Extra environment for the engine (no secrets: pass those through the environment)."""
 
 
 class NumericRange(_Section):
     low: float
-    """Lowest value (inclusive)."""
+    """Lowest value (inclusive). Whole-number bounds and step make an integer range."""
     high: float
-    """Highest value (inclusive)."""
+    """Highest value (inclusive); must be >= low."""
     log: bool = False
     """Sample on a log scale (low must be > 0)."""
     step: float | None = None
-    """Quantization step; required to expand a range in grid search."""
+    """Quantization step (> 0); required to expand a range in grid search."""
 
     @model_validator(mode="after")
     def _check(self) -> NumericRange:
@@ -142,9 +143,11 @@ class TimeoutsSection(_Section):
 
 class BenchmarkSection(_Section):
     scenarios: list[str] = Field(default_factory=lambda: ["D(1024,256)"], min_length=1)
-    """genai-bench traffic scenarios: D(in,out), N(mi,si)/(mo,so), U(...)."""
+    """genai-bench traffic scenarios: D(in,out), N(mean_in,std_in)/(mean_out,std_out),
+    U(max_in,max_out) or U(min_in,max_in)/(min_out,max_out)."""
     concurrency: list[int] = Field(default_factory=lambda: [1, 8, 32], min_length=1)
-    """Concurrency levels, each a closed loop of this many users."""
+    """Concurrency levels (each >= 1; sorted, duplicates dropped), each a closed loop of this
+    many users."""
     requests_per_level: int = Field(default=64, ge=1)
     """genai-bench --max-requests-per-run (it overshoots by up to one second of requests)."""
     seconds_per_level: float = Field(default=120.0, ge=60.0)
@@ -154,6 +157,7 @@ class BenchmarkSection(_Section):
     api_backend: Literal["vllm", "sglang", "openai"] | None = None
     """genai-bench backend (default: the engine's; vllm/sglang send ignore_eos)."""
     timeouts: TimeoutsSection = Field(default_factory=TimeoutsSection)
+    """Deadlines of a trial's phases."""
 
     @field_validator("scenarios")
     @classmethod
@@ -183,9 +187,10 @@ class ObjectiveSection(_Section):
                     "ttft", "tpot"] = "output_throughput"
     """Throughputs are maximized, latencies minimized."""
     per_gpu: bool = False
-    """Divide throughput by the trial's GPU count (compare 2-GPU and 8-GPU configs fairly)."""
+    """Divide throughput by the trial's GPU count (compare 2-GPU and 8-GPU configs fairly);
+    throughput metrics only."""
     statistic: Literal["mean", "p50", "p90", "p95", "p99"] = "mean"
-    """Which statistic of a latency metric."""
+    """Which statistic of a latency metric (ignored for throughput metrics)."""
 
     @property
     def maximize(self) -> bool:
@@ -200,10 +205,11 @@ class ObjectiveSection(_Section):
 
 class ClusterSection(_Section):
     address: str = "local"
-    """``local`` (start a Ray instance here), ``auto`` (join the running cluster) or an
-    address (``ray://host:10001``, ``host:6379``)."""
+    """``local`` (start a Ray instance here), ``auto`` (join the running cluster; honours
+    ``$RAY_ADDRESS``) or an address (``ray://host:10001``, ``host:6379``)."""
     gpus_per_node: int = Field(default=8, ge=1)
-    """Local mode: logical GPUs of the local node (Ray hands out disjoint ids)."""
+    """GPUs of the local node in local mode (logical: Ray hands out disjoint ids); also the
+    node size ``servetune validate`` checks layouts against."""
     cpus_per_trial: float = Field(default=1.0, gt=0)
     """CPUs each trial reserves (engine process + benchmark client)."""
     gpu_type: str = "H100"
@@ -214,7 +220,9 @@ class ClusterSection(_Section):
 
 class StorageSection(_Section):
     database_url: str | None = None
-    """SQLAlchemy URL; default: $SERVETUNE_DATABASE_URL, else an SQLite file in results_dir."""
+    """SQLAlchemy URL (``postgresql://...`` or ``sqlite:///...``). Overridden by
+    ``--database-url`` and ``$SERVETUNE_DATABASE_URL``; default: an SQLite file in
+    results_dir. Put no password here: use the environment."""
     results_dir: str = "servetune-results"
     """Where logs, benchmark outputs and Tune's state go (relative to the study file)."""
 
@@ -223,17 +231,28 @@ class StudyConfig(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     """Study name: letters, digits, '.', '_', '-' (it names directories and Ray trials)."""
     model: ModelSection
+    """The served model."""
     engine: EngineSection
+    """The inference engine and whether it is simulated."""
     launcher: LauncherSection = Field(default_factory=LauncherSection)
+    """How each trial runs the engine."""
     search_space: dict[str, SearchParam] = Field(min_length=1)
-    """Engine flags to search: a list (categorical) or {low, high, log, step} (numeric)."""
+    """Engine flags to search, by the engine's own names (leading dashes optional): a list
+    (categorical) or {low, high, log, step} (numeric). Parallel sizes must be integers >= 1
+    and are searched jointly; host, port, model and served name are set by servetune."""
     fixed_flags: dict[str, FlagValue | list[FlagValue]] = Field(default_factory=dict)
-    """Engine flags set the same way in every trial."""
+    """Engine flags set the same way in every trial; a list value becomes the flag followed
+    by each item."""
     search: SearchSection = Field(default_factory=SearchSection)
+    """The searcher and its budget."""
     benchmark: BenchmarkSection = Field(default_factory=BenchmarkSection)
+    """The genai-bench workload each trial runs."""
     objective: ObjectiveSection = Field(default_factory=ObjectiveSection)
+    """What the search optimizes."""
     cluster: ClusterSection = Field(default_factory=ClusterSection)
+    """Where trials run."""
     storage: StorageSection = Field(default_factory=StorageSection)
+    """Where results go."""
 
     @field_validator("search_space", "fixed_flags", mode="before")
     @classmethod

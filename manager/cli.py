@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="Ray address: local, auto, or host:port "
                      "(default: the study's cluster.address)")
     run.add_argument("--database-url", help="SQLAlchemy URL (default: $SERVETUNE_DATABASE_URL, "
-                     "else the study's storage)")
+                     "else the study's storage.database_url, else SQLite in the results dir)")
     run.set_defaults(handler=_run)
 
     validate = sub.add_parser("validate", help="check a study without running it")
@@ -85,9 +85,11 @@ def _load(path: Path, address: str | None = None) -> StudyConfig:
 
 def _validate(args: argparse.Namespace) -> int:
     from manager.paths import StudyPaths
+    from manager.preflight import preflight
     from manager.space import build_plan, describe
 
     study = _load(args.study)
+    preflight(study)
     paths = StudyPaths.resolve(study, args.study.resolve().parent)
     plan = build_plan(study, study.cluster.gpus_per_node)
     print(f"study {study.name}: {study.engine.name}"

@@ -24,9 +24,10 @@ from ray.tune.search.optuna import OptunaSearch
 
 from common.config import StudyConfig
 from common.params import world_size
-from common.results import TrialRecord, TrialStatus
+from common.results import FailureReason, TrialRecord, TrialStatus, utcnow
 from common.store import Store
 from manager.paths import StudyPaths
+from manager.preflight import preflight
 from manager.progress import ProgressPrinter
 from manager.space import SearchPlan, build_plan, trial_flags
 from worker.trial import TrialSpec, run_trial
@@ -58,6 +59,7 @@ def cluster_max_node_gpus(study: StudyConfig) -> int:
 
 def run_study(study: StudyConfig, paths: StudyPaths) -> StudyOutcome:
     """Run a study to the end (or until Ctrl-C); every trial ends in the store."""
+    preflight(study)
     if study.cluster.address == "local":
         plan = build_plan(study, study.cluster.gpus_per_node)  # before Ray starts
     paths.results_dir.mkdir(parents=True, exist_ok=True)
@@ -74,7 +76,13 @@ def run_study(study: StudyConfig, paths: StudyPaths) -> StudyOutcome:
             tuner.fit()
         except KeyboardInterrupt:
             interrupted = True
+        # Tune ends a run on Ctrl-C without raising; trials it stopped never recorded an end.
+        cancelled = _cancel_unfinished(store, study.name)
+        planned = len(plan.grid_points) if plan.grid_points is not None else (
+            study.search.max_trials)
         trials = store.trials(study.name)
+        interrupted = interrupted or bool(cancelled) or (
+            len({t.number for t in trials}) < planned and study.search.time_budget_s is None)
         outcome = StudyOutcome(study.name, trials, time.monotonic() - started, interrupted)
         best = outcome.best
         store.finish_study(study.name, "cancelled" if interrupted else "succeeded",
@@ -83,6 +91,20 @@ def run_study(study: StudyConfig, paths: StudyPaths) -> StudyOutcome:
     finally:
         store.close()
         ray.shutdown()
+
+
+def _cancel_unfinished(store: Store, study: str) -> list[TrialRecord]:
+    """Trials still ``running`` once Tune has returned were stopped under them: cancelled."""
+    cancelled = []
+    for record in store.trials(study):
+        if record.status is TrialStatus.RUNNING:
+            record.status = TrialStatus.FAILED
+            record.reason = FailureReason.CANCELLED
+            record.message = "the study was interrupted while this trial ran"
+            record.finished_at = utcnow()
+            store.save_trial(record)
+            cancelled.append(record)
+    return cancelled
 
 
 def _start_ray(study: StudyConfig) -> None:

@@ -22,6 +22,8 @@ class StudyPaths:
         results = Path(study.storage.results_dir)
         if not results.is_absolute():
             results = (base_dir / results).resolve()
-        url = (database_url or study.storage.database_url or os.environ.get(DATABASE_URL_ENV)
+        # Deployment settings: the command line, then the environment (a Ray job's), then the
+        # study file, then the embedded default.
+        url = (database_url or os.environ.get(DATABASE_URL_ENV) or study.storage.database_url
                or f"sqlite:///{results / 'servetune.db'}")
         return cls(results, url)

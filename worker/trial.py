@@ -70,7 +70,7 @@ def run_trial(spec: TrialSpec, store: Store) -> TrialRecord:
     argv = engine.command(spec.model, to_argv(spec.engine, spec.flags), host, port,
                           spec.served_name)
     if spec.launcher_command:
-        argv = [*spec.launcher_command, *argv[_executable_length(argv):]]
+        argv = [*spec.launcher_command, *argv[executable_length(argv, spec.model):]]
     if spec.simulated:
         argv += ["--sim-gpu", spec.gpu_type]
     record.argv = argv
@@ -161,11 +161,13 @@ def _reason(error: TrialError) -> FailureReason:
     return reason if isinstance(reason, FailureReason) else FailureReason.ENGINE_CRASH
 
 
-def _executable_length(argv: list[str]) -> int:
-    """How many leading argv items name the program (before the first flag or model)."""
-    if len(argv) >= 3 and argv[1] == "-m":
-        return 3
-    return 2 if len(argv) > 1 and argv[1] == "serve" else 1
+def executable_length(argv: list[str], model: str) -> int:
+    """How many leading argv items name the program: those before the model or the first
+    long option (``vllm serve``, ``python -m sglang.launch_server``, ``trtllm-serve``)."""
+    for i, item in enumerate(argv):
+        if i and (item == model or item.startswith("--")):
+            return i
+    return len(argv)
 
 
 def _tail(path: Path, lines: int = LOG_EXCERPT_LINES) -> str:

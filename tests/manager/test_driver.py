@@ -115,3 +115,58 @@ def test_cli_run_prints_the_winner_and_trials_lists_the_database(tmp_path: Path)
                             timeout=120)
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.count("succeeded") == 2
+
+
+def _processes_labelled(study: str) -> list[int]:
+    """Live processes whose environment carries the launcher's study label."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            state = (entry / "status").read_text()
+        except OSError:
+            continue
+        if f"SERVETUNE_LABEL_STUDY={study}".encode() in environ and "State:\tZ" not in state:
+            found.append(int(entry.name))
+    return found
+
+
+def test_ctrl_c_tears_trials_down_and_records_them_cancelled(tmp_path: Path) -> None:
+    """SIGINT during a study: exit 1, every trial ends in the database (running ones as
+    cancelled), and no engine process of the study is left running."""
+    import signal
+    import time
+
+    study_file = tmp_path / "ctrlc.yaml"
+    study_file.write_text(
+        "name: ctrlc-test\nmodel: {name: meta-llama/Llama-3.1-8B-Instruct}\n"
+        "engine: {name: vllm, simulated: true}\n"
+        "search_space: {max-num-seqs: [32, 64, 128]}\n"
+        "search: {algorithm: grid, max_concurrent_trials: 2}\n"
+        "benchmark: {scenarios: ['D(128,2048)'], concurrency: [4], requests_per_level: 40}\n"
+        "cluster: {gpus_per_node: 2, dashboard: false}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "manager.cli", "run", str(study_file)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(_processes_labelled("ctrlc-test")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _processes_labelled("ctrlc-test"), "no engine started"
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, output
+    assert "interrupted" in output
+    assert _processes_labelled("ctrlc-test") == []
+    store = Store.open(f"sqlite:///{tmp_path / 'servetune-results' / 'servetune.db'}")
+    try:
+        trials = store.trials("ctrlc-test")
+    finally:
+        store.close()
+    assert trials and all(t.status is not TrialStatus.RUNNING for t in trials)
+    assert any(t.reason is FailureReason.CANCELLED for t in trials)

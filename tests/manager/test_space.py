@@ -82,3 +82,14 @@ def test_argv_spells_booleans_per_engine() -> None:
     assert to_argv("sglang", {"disable-radix-cache": False}) == []
     assert to_argv("vllm", {"gpu-memory-utilization": 0.9000000000000001}) == [
         "--gpu-memory-utilization", "0.9"]
+
+
+def test_preflight_rejects_a_model_the_simulator_does_not_know() -> None:
+    """A simulated study of an unknown model fails before Ray, listing the known models."""
+    from manager.preflight import preflight
+
+    s = parse_study({"name": "t", "model": {"name": "acme/Nope-9B"},
+                     "engine": {"name": "vllm", "simulated": True},
+                     "search_space": {"max-num-seqs": [8]}})
+    with pytest.raises(ConfigError, match="model.name: unknown model 'acme/Nope-9B'"):
+        preflight(s)

@@ -263,3 +263,14 @@ def test_classify_failure_on_the_simulated_engines_real_output(
         result.returncode, result.stdout + result.stderr)
     assert got_reason is reason, summary
     assert needle in summary
+
+
+def test_launcher_command_replaces_only_the_executable() -> None:
+    """launcher.command swaps the program part of the argv; the model and flags stay."""
+    from worker.engines import get_engine
+    from worker.trial import executable_length
+
+    for name, prefix in (("vllm", 2), ("sglang", 3), ("trtllm", 1)):
+        argv = get_engine(name).command("org/model", ["--x", "1"], "127.0.0.1", 8000,
+                                        "org/model")
+        assert executable_length(argv, "org/model") == prefix, argv

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from common.benchmark import LevelMetrics, Stats
+from worker.lifeline import kill_with_parent
 
 OFFLINE_ENV = {
     "ENABLE_UI": "false",
@@ -127,7 +128,7 @@ def run(spec: GenaiBenchRun, timeout_s: float | None = None) -> GenaiBenchOutcom
     with log_path.open("w") as log:
         proc = subprocess.Popen(spec.command(), stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, env=env, cwd=spec.output_dir,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=kill_with_parent)
         try:
             returncode = proc.wait(timeout=timeout_s or spec.deadline_s())
         except subprocess.TimeoutExpired:

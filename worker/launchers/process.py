@@ -47,6 +47,7 @@ from worker.launchers.base import (
     format_labels,
     probe_host,
 )
+from worker.lifeline import kill_with_parent
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +160,8 @@ class ProcessDeployment:
             try:
                 self._proc = subprocess.Popen(
                     spec.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    env=env, start_new_session=True, close_fds=True)
+                    env=env, start_new_session=True, close_fds=True,
+                    preexec_fn=kill_with_parent)
             except OSError as e:
                 raise InfraError(
                     f"cannot start the engine {spec.argv[0]!r}: {e}; is it installed on this "
