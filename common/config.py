@@ -69,15 +69,45 @@ class EngineSection(_Section):
 
 class LauncherSection(_Section):
     kind: Literal["process", "docker"] = "process"
-    """How the engine runs: a child process (``process``) or a container (``docker``, not
-    available yet)."""
+    """How the engine runs: a child process (``process``) or a container (``docker``)."""
     image: str | None = None
-    """Container image (docker launcher only)."""
+    """Container image (docker launcher; required there), e.g. ``lmsysorg/sglang:latest``."""
+    pull: Literal["never", "if_missing"] = "if_missing"
+    """Docker: pull the image when it is not on the node (``never``: it must be there)."""
+    gpu_mode: Literal["device_requests", "nvidia_env"] = "device_requests"
+    """Docker: hand the trial's GPUs to the container as a device request (NVIDIA Container
+    Toolkit), or as ``NVIDIA_VISIBLE_DEVICES`` for hosts whose default runtime is nvidia."""
+    container_port: int = Field(default=8000, ge=1, le=65535)
+    """Docker: the port the engine listens on inside the container (published on
+    127.0.0.1 at a free host port)."""
+    ipc_host: bool = True
+    """Docker: share the host's IPC namespace (NCCL and PyTorch need large shared memory)."""
+    shm_size: str | None = None
+    """Docker: shared-memory size when ipc_host is false, e.g. ``16g``."""
+    volumes: list[str] = Field(default_factory=list)
+    """Docker: extra mounts, ``host:container[:ro|rw]``."""
+    hf_cache: str | None = "~/.cache/huggingface"
+    """Docker: the host's Hugging Face cache, mounted at /root/.cache/huggingface (weights are
+    downloaded once per node, not per trial). null: no mount."""
+    pass_env: list[str] = Field(default_factory=lambda: ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"])
+    """Environment variables copied from the operator's environment into the engine (secrets
+    such as HF_TOKEN): never stored in the study, the database or logs."""
     command: list[str] | None = None
     """Replaces the engine's executable (the argv items before the model), e.g.
     ``["/opt/venv/bin/vllm", "serve"]``; the model and flags follow."""
     env: dict[str, str] = Field(default_factory=dict)
-    """Extra environment for the engine (no secrets: pass those through the environment)."""
+    """Extra environment for the engine (no secrets: list those in pass_env)."""
+
+    @model_validator(mode="after")
+    def _docker(self) -> LauncherSection:
+        if self.kind == "docker" and not self.image:
+            raise ValueError("launcher.image is required with kind: docker")
+        for volume in self.volumes:
+            parts = volume.split(":")
+            if len(parts) not in (2, 3) or not all(parts[:2]) or (
+                    len(parts) == 3 and parts[2] not in ("ro", "rw")):
+                raise ValueError(f"volume {volume!r} is not host:container[:ro|rw]")
+        return self
 
 
 class NumericRange(_Section):

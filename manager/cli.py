@@ -71,7 +71,12 @@ def _parser() -> argparse.ArgumentParser:
                         "./servetune-results/servetune.db")
     trials.set_defaults(handler=_trials)
 
-    sub.add_parser("sim", help="the simulated serving engine: servetune sim {serve,predict}")
+    clean = sub.add_parser("clean", help="remove servetune's containers no live trial owns")
+    clean.add_argument("--study", help="only this study's containers (default: all studies)")
+    clean.set_defaults(handler=_clean)
+
+    sub.add_parser("sim", help="the simulated serving engine: servetune sim "
+                   "{serve,predict,image}")
     return parser
 
 
@@ -140,6 +145,17 @@ def _trials(args: argparse.Namespace) -> int:
     finally:
         store.close()
     _print_table(records, limit=None)
+    return EXIT_OK
+
+
+def _clean(args: argparse.Namespace) -> int:
+    from worker.launchers.docker_janitor import remove_orphans
+
+    removed = remove_orphans(args.study, live_trials=None)
+    for container in removed:
+        print(f"removed {container.name} (study {container.study}, trial {container.trial}, "
+              f"{container.status})")
+    print(f"{len(removed)} container(s) removed")
     return EXIT_OK
 
 

@@ -71,6 +71,7 @@ def run_study(study: StudyConfig, paths: StudyPaths) -> StudyOutcome:
         if study.cluster.address != "local":
             plan = build_plan(study, cluster_max_node_gpus(study))
         store.create_study(study.name, study.model_dump(mode="json"))
+        _clean_containers(study, "before the study")
         tuner = _tuner(study, plan, paths)
         try:
             tuner.fit()
@@ -87,6 +88,7 @@ def run_study(study: StudyConfig, paths: StudyPaths) -> StudyOutcome:
         best = outcome.best
         store.finish_study(study.name, "cancelled" if interrupted else "succeeded",
                            best.number if best else None)
+        _clean_containers(study, "after the study")
         return outcome
     finally:
         store.close()
@@ -105,6 +107,18 @@ def _cancel_unfinished(store: Store, study: str) -> list[TrialRecord]:
             store.save_trial(record)
             cancelled.append(record)
     return cancelled
+
+
+def _clean_containers(study: StudyConfig, when: str) -> None:
+    """Docker launcher: remove this study's containers no live trial owns (a trial actor can
+    die without tearing down; at the start and end of a study no trial of it is live)."""
+    if study.launcher.kind != "docker":
+        return
+    from worker.launchers.docker_janitor import remove_orphans
+
+    for container in remove_orphans(study.name, live_trials=set()):
+        print(f"janitor ({when}): removed container {container.name} of trial "
+              f"{container.trial} ({container.status})", flush=True)
 
 
 def _start_ray(study: StudyConfig) -> None:
@@ -220,7 +234,9 @@ def servetune_trial(config: dict[str, Any], *, study_json: dict[str, Any], plan:
         benchmark=study.benchmark, objective=study.objective,
         work_dir=Path(results_dir) / study.name / f"trial-{number:04d}",
         launcher=study.launcher.kind, launcher_command=study.launcher.command,
-        env=dict(study.launcher.env))
+        env=dict(study.launcher.env),
+        docker=(study.launcher.model_dump(mode="json") if study.launcher.kind == "docker"
+                else None))
     store = Store.open(database_url)
     try:
         record = run_trial(spec, store)

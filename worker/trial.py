@@ -9,6 +9,7 @@ propagate. The engine is always torn down before it returns. Each phase is timed
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from worker.benchmark.genai_bench import GenaiBenchError, GenaiBenchRun
 from worker.benchmark.genai_bench import run as run_genai_bench
 from worker.engines import get_engine
 from worker.launchers import get_launcher
-from worker.launchers.base import DeploymentSpec
+from worker.launchers.base import DeploymentSpec, Launcher
 from worker.launchers.process import free_port
 from worker.sim.tokens import DEFAULT_TOKENIZER_DIR
 
@@ -56,6 +57,8 @@ class TrialSpec:
     launcher_command: list[str] | None = None
     env: dict[str, str] = field(default_factory=dict)
     attempt: int = 0
+    # Docker launcher settings (LauncherSection fields: image, pull, gpu_mode, ...).
+    docker: dict[str, Any] | None = None
 
 
 def run_trial(spec: TrialSpec, store: Store) -> TrialRecord:
@@ -67,8 +70,15 @@ def run_trial(spec: TrialSpec, store: Store) -> TrialRecord:
     engine = (get_engine("sim", dialect=spec.engine) if spec.simulated
               else get_engine(spec.engine))
     host, port = "127.0.0.1", free_port()
-    argv = engine.command(spec.model, to_argv(spec.engine, spec.flags), host, port,
-                          spec.served_name)
+    launcher = _launcher(spec)
+    # In a container the engine listens on all interfaces at the container port; the host
+    # side publishes it on 127.0.0.1:port.
+    listen_host, listen_port = (("0.0.0.0", int(spec.docker["container_port"]))
+                                if spec.docker is not None else (host, port))
+    argv = engine.command(spec.model, to_argv(spec.engine, spec.flags), listen_host,
+                          listen_port, spec.served_name)
+    if spec.docker is not None and argv[0] == sys.executable and not _mounts_host_python(spec):
+        argv = ["python3", *argv[1:]]  # the image's interpreter, not this node's venv
     if spec.launcher_command:
         argv = [*spec.launcher_command, *argv[executable_length(argv, spec.model):]]
     if spec.simulated:
@@ -85,7 +95,7 @@ def run_trial(spec: TrialSpec, store: Store) -> TrialRecord:
         classify=engine.classify_failure)
     started = time.monotonic()
     try:
-        with get_launcher(spec.launcher).launch(deployment_spec) as deployment:
+        with launcher.launch(deployment_spec) as deployment:
             deployment.wait_ready(spec.benchmark.timeouts.startup_s)
             timings["startup_s"] = time.monotonic() - started
             bench_started = time.monotonic()
@@ -110,6 +120,35 @@ def run_trial(spec: TrialSpec, store: Store) -> TrialRecord:
         record.finished_at = utcnow()
         store.save_trial(record)
     return record
+
+
+def _mounts_host_python(spec: TrialSpec) -> bool:
+    """The registry-free simulator image runs this node's interpreter, mounted read-only."""
+    from worker.sim.image import SIM_IMAGE_TAG
+
+    return spec.simulated and spec.docker is not None and spec.docker["image"] == SIM_IMAGE_TAG
+
+
+def _launcher(spec: TrialSpec) -> Launcher:
+    if spec.docker is None:
+        return get_launcher(spec.launcher)
+    from worker.launchers.docker import DockerOptions
+    from worker.sim.image import sim_volumes
+
+    d = spec.docker
+    volumes = list(d.get("volumes") or [])
+    if d.get("hf_cache"):
+        volumes.append(f"{Path(d['hf_cache']).expanduser()}:/root/.cache/huggingface")
+    if _mounts_host_python(spec):
+        # The locally imported image is empty: it runs this installation, mounted read-only.
+        volumes.extend(sim_volumes())
+    options = DockerOptions(
+        image=d["image"], pull=d.get("pull", "if_missing"),
+        gpu_mode=d.get("gpu_mode", "device_requests"),
+        container_port=int(d.get("container_port", 8000)), ipc_host=d.get("ipc_host", True),
+        shm_size=d.get("shm_size"), volumes=tuple(volumes),
+        pass_env=tuple(d.get("pass_env") or ()))
+    return get_launcher("docker", options=options)
 
 
 class _EngineDiedDuringBenchmark(TrialError):

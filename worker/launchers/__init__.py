@@ -1,8 +1,10 @@
-"""Launchers by name: ``get_launcher("process")``.
+"""Launchers by name: ``get_launcher("process")``, ``get_launcher("docker", options=...)``.
 
 The registry maps each name to a lazy factory, so looking one launcher up imports only its
-module (the docker launcher will import the ``docker`` SDK; the process launcher must not).
+module (the docker launcher imports the ``docker`` SDK; the process launcher must not).
 Names that are planned but not built yet are listed apart and fail with a clear message.
+The docker launcher needs its ``DockerOptions`` (``worker.launchers.docker_options``, which
+imports no SDK, so the study config can build them on the driver).
 
 Typical use in a trial (the engine builds argv and env; the launcher runs them)::
 
@@ -21,6 +23,7 @@ Typical use in a trial (the engine builds argv and env; the launcher runs them):
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from common.errors import ConfigError
 from worker.launchers.base import (
@@ -32,6 +35,9 @@ from worker.launchers.base import (
     Launcher,
     ProbeRejected,
 )
+
+if TYPE_CHECKING:
+    from worker.launchers.docker_options import DockerOptions
 
 __all__ = [
     "LAUNCHER_NAMES",
@@ -46,31 +52,43 @@ __all__ = [
 ]
 
 
-def _process() -> Launcher:
+def _process(options: DockerOptions | None) -> Launcher:
+    if options is not None:
+        raise TypeError("the process launcher takes no options")
     from worker.launchers.process import ProcessLauncher
 
     return ProcessLauncher()
 
 
-_FACTORIES: dict[str, Callable[[], Launcher]] = {
+def _docker(options: DockerOptions | None) -> Launcher:
+    if options is None:
+        raise ConfigError("launcher.image is required for the docker launcher: name the engine "
+                          "image to run (e.g. vllm/vllm-openai)", path="launcher.image")
+    from worker.launchers.docker import DockerLauncher
+
+    return DockerLauncher(options)
+
+
+_FACTORIES: dict[str, Callable[[DockerOptions | None], Launcher]] = {
     "process": _process,
+    "docker": _docker,
 }
 # Planned launchers and why they cannot be used yet.
-_NOT_YET_AVAILABLE: dict[str, str] = {
-    "docker": "the docker launcher is not implemented yet; use launcher 'process'",
-}
+_NOT_YET_AVAILABLE: dict[str, str] = {}
 LAUNCHER_NAMES: tuple[str, ...] = tuple(_FACTORIES)
 
 
-def get_launcher(name: str) -> Launcher:
-    """The launcher registered as ``name``.
+def get_launcher(name: str, *, options: DockerOptions | None = None) -> Launcher:
+    """The launcher registered as ``name``; ``options`` are the docker launcher's (required
+    there, refused with ``TypeError`` by the process launcher).
 
-    Raises ``ConfigError``: for a planned launcher, saying it is not available yet; for an
-    unknown name, listing the available ones.
+    Raises ``ConfigError``: for docker without options (``launcher.image`` is required); for a
+    planned launcher, saying it is not available yet; for an unknown name, listing the
+    available ones.
     """
     factory = _FACTORIES.get(name)
     if factory is not None:
-        return factory()
+        return factory(options)
     if name in _NOT_YET_AVAILABLE:
         raise ConfigError(f"launcher {name!r} is not available yet: {_NOT_YET_AVAILABLE[name]}",
                           path="launcher", value=name, allowed=LAUNCHER_NAMES)

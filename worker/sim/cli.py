@@ -26,6 +26,7 @@ USAGE = """usage: servetune sim {serve,predict} --engine {vllm,sglang} [engine f
   serve     start the OpenAI-compatible simulated engine (the engine's own flags)
   predict   virtual-time benchmark: --traffic "D(1024,256)" --concurrency 1 8 32
             [--num-requests N] [--max-time-s S] [--json]
+  image     build the registry-free Docker image that runs this installation's simulator
 
 Simulator options: --sim-gpu NAME (or $SERVETUNE_SIM_GPU), --sim-seed, --sim-noise,
 --sim-startup-scale, --sim-tokenizer DIR, and fault switches --sim-crash-after-requests N,
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve(rest)
     if command == "predict":
         return predict(rest)
+    if command == "image":
+        return image(rest)
     print(f"error: unknown command {command!r}; use serve or predict\n\n{USAGE}",
           file=sys.stderr)
     return 2
@@ -61,8 +64,8 @@ def serve(argv: list[str]) -> int:
     if visible is not None and visible != args.world_size:
         return _engine_error(
             f"RuntimeError: the launch needs tp × pp × dp = {args.tp} × {args.pp} × "
-            f"{args.dp} = {args.world_size} GPUs but CUDA_VISIBLE_DEVICES="
-            f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r} makes {visible} visible. "
+            f"{args.dp} = {args.world_size} GPUs but {_gpu_variable()} makes {visible} "
+            "visible. "
             + ("The number of required GPUs exceeds the total number of available GPUs."
                if visible < args.world_size else
                "Give the engine exactly the GPUs it uses."))
@@ -88,6 +91,23 @@ def serve(argv: list[str]) -> int:
     # >5 ms late at 256 streams with uvloop, <1% with asyncio).
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
                 access_log=False, timeout_graceful_shutdown=5, loop="asyncio")
+    return 0
+
+
+def image(argv: list[str]) -> int:
+    """Build (if missing) the registry-free image that runs this installation's simulator."""
+    if argv:
+        print(f"error: `image` takes no arguments, got {argv}", file=sys.stderr)
+        return 2
+    from common.errors import InfraError
+    from worker.sim.image import ensure_sim_image
+
+    try:
+        tag = ensure_sim_image()
+    except InfraError as e:
+        return _engine_error(str(e))
+    print(f"{tag}\n\nuse it in a simulated study with:\n  launcher:\n    kind: docker\n"
+          f"    image: {tag}\n    pull: never\n    gpu_mode: nvidia_env")
     return 0
 
 
@@ -149,6 +169,13 @@ def _print_report(report: dict[str, object]) -> None:
               f"{level['tpot_ms']['p90']:>8.2f} {level['e2e_latency_ms']['mean']:>9.0f} "
               f"{level['output_tokens_per_s']:>10.0f} {level['total_tokens_per_s']:>12.0f} "
               f"{level['requests_per_s']:>7.2f}")
+
+
+def _gpu_variable() -> str:
+    for name in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"):
+        if name in os.environ:
+            return f"{name}={os.environ[name]!r}"
+    return "the node"
 
 
 def _usage_error(error: Exception) -> int:

@@ -152,11 +152,14 @@ def parse_engine_argv(argv: list[str]) -> tuple[EngineArgs, SimOptions]:
 
 
 def visible_gpu_count(environ: dict[str, str] | os._Environ[str] | None = None) -> int | None:
-    """GPUs listed in CUDA_VISIBLE_DEVICES; None when the variable is unset (all GPUs visible)."""
+    """GPUs listed in CUDA_VISIBLE_DEVICES, else in NVIDIA_VISIBLE_DEVICES (what the NVIDIA
+    container runtime exposes in a container); None when neither names GPUs (all visible)."""
     env = os.environ if environ is None else environ
     value = env.get("CUDA_VISIBLE_DEVICES")
     if value is None:
-        return None
+        value = env.get("NVIDIA_VISIBLE_DEVICES")
+        if value is None or value.strip() in ("all", "void", "none", ""):
+            return None
     return len([item for item in value.split(",") if item.strip()])
 
 

@@ -102,3 +102,10 @@ def test_tensor_parallel_size_must_divide_the_attention_heads() -> None:
 def test_vllm_needs_a_model() -> None:
     with pytest.raises(EngineArgsError, match="model is required"):
         parse_engine_argv(["--engine", "vllm", "-tp", "1"])
+
+
+def test_nvidia_visible_devices_counts_in_a_container() -> None:
+    """Without CUDA_VISIBLE_DEVICES, the NVIDIA runtime's NVIDIA_VISIBLE_DEVICES decides."""
+    assert visible_gpu_count({"NVIDIA_VISIBLE_DEVICES": "2,5"}) == 2
+    assert visible_gpu_count({"NVIDIA_VISIBLE_DEVICES": "all"}) is None
+    assert visible_gpu_count({"NVIDIA_VISIBLE_DEVICES": "1", "CUDA_VISIBLE_DEVICES": "0,1"}) == 2
