@@ -92,7 +92,7 @@ def run_trial(spec: TrialSpec, store: Store) -> TrialRecord:
         host=host, port=port, log_path=log_path, health_path=engine.health_path,
         served_model_name=spec.served_name,
         labels={"servetune.study": spec.study, "servetune.trial": str(spec.number)},
-        classify=engine.classify_failure)
+        classify=engine.classify_failure, stop_timeout_s=spec.benchmark.timeouts.teardown_s)
     started = time.monotonic()
     try:
         with launcher.launch(deployment_spec) as deployment:

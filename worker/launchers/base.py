@@ -63,6 +63,8 @@ class DeploymentSpec:
     host: str = "127.0.0.1"
     health_path: str = "/health"
     labels: dict[str, str] = field(default_factory=dict)
+    # How long a graceful stop may take before the engine is killed (benchmark.timeouts).
+    stop_timeout_s: float = 10.0
 
     def with_port(self, port: int) -> DeploymentSpec:
         """This spec on another port, ``--port`` rewritten in ``argv``.

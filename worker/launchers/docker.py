@@ -266,7 +266,7 @@ class DockerDeployment:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         try:
-            self.stop()
+            self.stop(self._spec.stop_timeout_s)
         except InfraError:
             if exc is None:
                 raise

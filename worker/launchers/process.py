@@ -224,7 +224,7 @@ class ProcessDeployment:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.stop()
+        self.stop(self._spec.stop_timeout_s)
 
     # -- helpers -----------------------------------------------------------------------------
 
