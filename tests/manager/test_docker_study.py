@@ -32,7 +32,11 @@ def docker_client():  # type: ignore[no-untyped-def]
 def _watch(client, study: str, seen: list[dict], stop: threading.Event) -> None:  # type: ignore[no-untyped-def,type-arg]
     """Record every live container of the study: trial, GPU ids, host port, time seen."""
     while not stop.is_set():
-        for c in client.containers.list(filters={"label": f"servetune.study={study}"}):
+        try:
+            containers = client.containers.list(filters={"label": f"servetune.study={study}"})
+        except docker.errors.APIError:  # a container removed while being listed
+            continue
+        for c in containers:
             env = dict(item.split("=", 1) for item in c.attrs["Config"]["Env"] or [])
             ports = c.attrs["HostConfig"]["PortBindings"] or {}
             bindings = [b for spec in ports.values() for b in (spec or [])]
