@@ -67,7 +67,3 @@ class TrialRecord:
     finished_at: datetime | None = None
     log_excerpt: str = ""
     levels: list[LevelMetrics] = field(default_factory=list)
-
-    @property
-    def world_size(self) -> int:
-        return len(self.gpu_ids)

@@ -181,11 +181,10 @@ def native_command(study: StudyConfig, record: TrialRecord) -> str:
     from worker.engines import get_engine
 
     flags = {**study.fixed_flags, **record.params}
-    engine = get_engine(study.engine.name)
+    # The engine's own environment, not servetune's venv.
+    engine = get_engine(study.engine.name, python="python3")
     argv = engine.command(study.model.name, to_argv(study.engine.name, flags), "0.0.0.0",
                           8000, study.model.served)
-    if argv[0] == sys.executable:
-        argv = ["python3", *argv[1:]]  # the engine's own environment, not servetune's venv
     gpus = len(record.gpu_ids)
     return f"CUDA_VISIBLE_DEVICES={','.join(str(i) for i in range(gpus))} {shlex.join(argv)}"
 

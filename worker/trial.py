@@ -9,7 +9,6 @@ propagate. The engine is always torn down before it returns. Each phase is timed
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,8 +66,11 @@ def run_trial(spec: TrialSpec, store: Store) -> TrialRecord:
     record = TrialRecord(study=spec.study, number=spec.number, attempt=spec.attempt,
                          trial_id=spec.trial_id, params=spec.params, gpu_ids=list(spec.gpu_ids),
                          node=spec.node)
-    engine = (get_engine("sim", dialect=spec.engine) if spec.simulated
-              else get_engine(spec.engine))
+    # In a container the engine runs on the image's interpreter, not this node's venv (except
+    # the registry-free simulator image, which mounts this node's installation).
+    python = {"python": "python3"} if spec.docker and not _mounts_host_python(spec) else {}
+    engine = (get_engine("sim", dialect=spec.engine, **python) if spec.simulated
+              else get_engine(spec.engine, **python))
     host, port = "127.0.0.1", free_port()
     launcher = _launcher(spec)
     # In a container the engine listens on all interfaces at the container port; the host
@@ -77,8 +79,6 @@ def run_trial(spec: TrialSpec, store: Store) -> TrialRecord:
                                 if spec.docker is not None else (host, port))
     argv = engine.command(spec.model, to_argv(spec.engine, spec.flags), listen_host,
                           listen_port, spec.served_name)
-    if spec.docker is not None and argv[0] == sys.executable and not _mounts_host_python(spec):
-        argv = ["python3", *argv[1:]]  # the image's interpreter, not this node's venv
     if spec.launcher_command:
         argv = [*spec.launcher_command, *argv[executable_length(argv, spec.model):]]
     if spec.simulated:

@@ -274,3 +274,17 @@ def test_launcher_command_replaces_only_the_executable() -> None:
         argv = get_engine(name).command("org/model", ["--x", "1"], "127.0.0.1", 8000,
                                         "org/model")
         assert executable_length(argv, "org/model") == prefix, argv
+
+
+def test_the_interpreter_is_an_engine_option() -> None:
+    """`python -m` engines run on the interpreter given (an image's python3 in a container);
+    engines started by their own executable accept the option and keep their argv."""
+    from worker.engines import get_engine
+
+    for name, options in (("sglang", {}), ("sim", {"dialect": "sglang"})):
+        default = get_engine(name, **options).command("m", [], "h", 1, "m")
+        image = get_engine(name, python="python3", **options).command("m", [], "h", 1, "m")
+        assert default[0] == sys.executable and image[0] == "python3"
+        assert default[1:] == image[1:]
+    assert get_engine("vllm", python="python3").command("m", [], "h", 1, "m")[:2] == [
+        "vllm", "serve"]

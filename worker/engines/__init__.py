@@ -2,7 +2,9 @@
 
 The registry maps each name to a lazy factory, so looking one engine up imports only its module.
 Options are keyword arguments of the factory: ``sim`` takes ``dialect`` (``vllm`` | ``sglang``),
-``trtllm`` takes ``served_model_name_flag``; the others take none.
+``trtllm`` takes ``served_model_name_flag``. Every engine takes ``python``: the interpreter for
+engines started as ``python -m ...`` (SGLang, the simulator; default: this process's), which
+engines started by their own executable (vLLM, TensorRT-LLM) do not need.
 """
 
 from __future__ import annotations
@@ -16,28 +18,30 @@ from worker.engines.base import Engine
 __all__ = ["ENGINE_NAMES", "Engine", "get_engine"]
 
 
-def _vllm() -> Engine:
+def _vllm(python: str | None = None) -> Engine:
     from worker.engines.vllm import VllmEngine
 
     return VllmEngine()
 
 
-def _sglang() -> Engine:
+def _sglang(python: str | None = None) -> Engine:
     from worker.engines.sglang import SglangEngine
 
-    return SglangEngine()
+    return SglangEngine() if python is None else SglangEngine(python=python)
 
 
-def _trtllm(served_model_name_flag: bool = False) -> Engine:
+def _trtllm(served_model_name_flag: bool = False, python: str | None = None) -> Engine:
     from worker.engines.trtllm import TrtllmEngine
 
     return TrtllmEngine(served_model_name_flag=served_model_name_flag)
 
 
-def _sim(dialect: str = "vllm") -> Engine:
+def _sim(dialect: str = "vllm", python: str | None = None) -> Engine:
     from worker.engines.sim import SimulatedEngine
 
-    return SimulatedEngine(dialect=dialect)
+    if python is None:
+        return SimulatedEngine(dialect=dialect)
+    return SimulatedEngine(dialect=dialect, python=python)
 
 
 _FACTORIES: dict[str, Callable[..., Engine]] = {

@@ -26,7 +26,7 @@ import re
 import signal
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 from common.errors import ConfigError
 from common.results import FailureReason
@@ -163,6 +163,25 @@ def check_flags(engine: str, flags: Sequence[str]) -> None:
                 f"{engine}: flag {name} is set by servetune (it allocates the port and serves "
                 f"the model under the trial's name); remove it from the engine flags",
                 path="engine.flags", value=flag)
+
+
+class RuleClassifiedEngine:
+    """What the engines share: ``/health``, GPU pinning by ``CUDA_VISIBLE_DEVICES`` and failure
+    classification by ``failure_rules()`` (the class's ``rules`` unless overridden).
+    Subclasses set ``name`` and ``rules`` and write ``command``."""
+
+    health_path: ClassVar[str] = "/health"
+    rules: ClassVar[tuple[FailureRule, ...]] = ()
+
+    def gpu_env(self, gpu_ids: Sequence[str]) -> dict[str, str]:
+        return cuda_visible_devices(gpu_ids)
+
+    def failure_rules(self) -> tuple[FailureRule, ...]:
+        return self.rules
+
+    def classify_failure(self, exit_code: int | None,
+                         log_tail: str) -> tuple[FailureReason, str]:
+        return classify_log(exit_code, log_tail, self.failure_rules())
 
 
 def cuda_visible_devices(gpu_ids: Sequence[str]) -> dict[str, str]:

@@ -17,9 +17,8 @@ from worker.engines.base import (
     COMMON_INFEASIBLE_RULES,
     COMMON_INFRA_RULES,
     FailureRule,
+    RuleClassifiedEngine,
     check_flags,
-    classify_log,
-    cuda_visible_devices,
     rule,
 )
 
@@ -39,22 +38,17 @@ SGLANG_RULES: tuple[FailureRule, ...] = (
 
 
 @dataclass(frozen=True)
-class SglangEngine:
+class SglangEngine(RuleClassifiedEngine):
     """SGLang's server, run with this interpreter (SGLang installed in the worker's env)."""
 
+    python: str = sys.executable
+    """Interpreter that has SGLang installed (an image's ``python3`` in a container)."""
     name: ClassVar[str] = "sglang"
-    health_path: ClassVar[str] = "/health"
+    rules: ClassVar[tuple[FailureRule, ...]] = SGLANG_RULES
 
     def command(self, model: str, flags: Sequence[str], host: str, port: int,
                 served_model_name: str) -> list[str]:
         check_flags(self.name, flags)
-        return [sys.executable, "-m", "sglang.launch_server", "--model-path", model,
+        return [self.python, "-m", "sglang.launch_server", "--model-path", model,
                 "--host", host, "--port", str(port),
                 "--served-model-name", served_model_name, *flags]
-
-    def gpu_env(self, gpu_ids: Sequence[str]) -> dict[str, str]:
-        return cuda_visible_devices(gpu_ids)
-
-    def classify_failure(self, exit_code: int | None,
-                         log_tail: str) -> tuple[FailureReason, str]:
-        return classify_log(exit_code, log_tail, SGLANG_RULES)

@@ -15,7 +15,7 @@ from typing import ClassVar
 
 from common.errors import ConfigError
 from common.results import FailureReason
-from worker.engines.base import FailureRule, check_flags, classify_log, cuda_visible_devices, rule
+from worker.engines.base import FailureRule, RuleClassifiedEngine, check_flags, rule
 from worker.engines.sglang import SGLANG_RULES
 from worker.engines.vllm import VLLM_RULES
 
@@ -34,7 +34,7 @@ _DIALECT_RULES: dict[str, tuple[FailureRule, ...]] = {
 
 
 @dataclass(frozen=True)
-class SimulatedEngine:
+class SimulatedEngine(RuleClassifiedEngine):
     """The simulated engine in one dialect (``vllm`` or ``sglang``), run with this interpreter.
 
     Raises ``ConfigError`` for another dialect. ``--sim-*`` options (GPU type, startup scale,
@@ -42,8 +42,9 @@ class SimulatedEngine:
     """
 
     dialect: str = "vllm"
+    python: str = sys.executable
+    """Interpreter that runs ``-m worker.sim`` (an image's ``python3`` in a container)."""
     name: ClassVar[str] = "sim"
-    health_path: ClassVar[str] = "/health"
 
     def __post_init__(self) -> None:
         if self.dialect not in DIALECTS:
@@ -55,13 +56,9 @@ class SimulatedEngine:
                 served_model_name: str) -> list[str]:
         check_flags(self.name, flags)
         model_args = [model] if self.dialect == "vllm" else ["--model-path", model]
-        return [sys.executable, "-m", "worker.sim", "serve", "--engine", self.dialect,
+        return [self.python, "-m", "worker.sim", "serve", "--engine", self.dialect,
                 *model_args, "--host", host, "--port", str(port),
                 "--served-model-name", served_model_name, *flags]
 
-    def gpu_env(self, gpu_ids: Sequence[str]) -> dict[str, str]:
-        return cuda_visible_devices(gpu_ids)
-
-    def classify_failure(self, exit_code: int | None,
-                         log_tail: str) -> tuple[FailureReason, str]:
-        return classify_log(exit_code, log_tail, _DIALECT_RULES[self.dialect])
+    def failure_rules(self) -> tuple[FailureRule, ...]:
+        return _DIALECT_RULES[self.dialect]

@@ -25,9 +25,8 @@ from worker.engines.base import (
     COMMON_INFEASIBLE_RULES,
     COMMON_INFRA_RULES,
     FailureRule,
+    RuleClassifiedEngine,
     check_flags,
-    classify_log,
-    cuda_visible_devices,
     rule,
 )
 
@@ -48,7 +47,7 @@ TRTLLM_RULES: tuple[FailureRule, ...] = (
 
 
 @dataclass(frozen=True)
-class TrtllmEngine:
+class TrtllmEngine(RuleClassifiedEngine):
     """TensorRT-LLM's ``trtllm-serve`` (console script on PATH).
 
     ``served_model_name_flag``: pass ``--served_model_name`` (builds after 1.2). Without it the
@@ -58,7 +57,7 @@ class TrtllmEngine:
 
     served_model_name_flag: bool = False
     name: ClassVar[str] = "trtllm"
-    health_path: ClassVar[str] = "/health"
+    rules: ClassVar[tuple[FailureRule, ...]] = TRTLLM_RULES
 
     def command(self, model: str, flags: Sequence[str], host: str, port: int,
                 served_model_name: str) -> list[str]:
@@ -82,10 +81,3 @@ class TrtllmEngine:
         path component, else ``model`` as given. Reads the local filesystem."""
         path = Path(model)
         return path.name if path.is_dir() else model
-
-    def gpu_env(self, gpu_ids: Sequence[str]) -> dict[str, str]:
-        return cuda_visible_devices(gpu_ids)
-
-    def classify_failure(self, exit_code: int | None,
-                         log_tail: str) -> tuple[FailureReason, str]:
-        return classify_log(exit_code, log_tail, TRTLLM_RULES)

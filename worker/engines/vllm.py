@@ -15,9 +15,8 @@ from worker.engines.base import (
     COMMON_INFEASIBLE_RULES,
     COMMON_INFRA_RULES,
     FailureRule,
+    RuleClassifiedEngine,
     check_flags,
-    classify_log,
-    cuda_visible_devices,
     rule,
 )
 
@@ -44,21 +43,14 @@ VLLM_RULES: tuple[FailureRule, ...] = (
 
 
 @dataclass(frozen=True)
-class VllmEngine:
+class VllmEngine(RuleClassifiedEngine):
     """vLLM's OpenAI-compatible server, ``vllm serve`` (the ``vllm`` console script on PATH)."""
 
     name: ClassVar[str] = "vllm"
-    health_path: ClassVar[str] = "/health"
+    rules: ClassVar[tuple[FailureRule, ...]] = VLLM_RULES
 
     def command(self, model: str, flags: Sequence[str], host: str, port: int,
                 served_model_name: str) -> list[str]:
         check_flags(self.name, flags)
         return ["vllm", "serve", model, "--host", host, "--port", str(port),
                 "--served-model-name", served_model_name, *flags]
-
-    def gpu_env(self, gpu_ids: Sequence[str]) -> dict[str, str]:
-        return cuda_visible_devices(gpu_ids)
-
-    def classify_failure(self, exit_code: int | None,
-                         log_tail: str) -> tuple[FailureReason, str]:
-        return classify_log(exit_code, log_tail, VLLM_RULES)

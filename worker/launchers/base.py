@@ -269,3 +269,23 @@ def format_labels(labels: Mapping[str, str]) -> str:
     """``study=s trial=7`` for messages and log lines."""
     return " ".join(f"{key}={value}" for key, value in sorted(labels.items()))
 
+
+def not_ready_error(spec: DeploymentSpec, subject: str, timeout_s: float, detail: str,
+                    log_tail: str) -> EngineNotReady:
+    """The readiness deadline passed; ``subject`` names the engine ("engine", "engine
+    container X")."""
+    summary = f"not ready after {timeout_s:g} s; last probe: {detail}"
+    return EngineNotReady(
+        f"{subject} {summary} [{format_labels(spec.labels)}; log {spec.log_path}]; raise the "
+        "startup timeout if the engine is slow",
+        summary=summary, log_tail=log_tail, labels=spec.labels)
+
+
+def probe_rejected_error(spec: DeploymentSpec, subject: str, status_code: int, detail: str,
+                         log_tail: str) -> ProbeRejected:
+    """The engine answered the 1-token completion with a definite refusal."""
+    summary = f"the 1-token completion probe was refused: {detail}"
+    return ProbeRejected(
+        f"{subject} is up but {summary} [{format_labels(spec.labels)}; served model name "
+        f"{spec.served_model_name!r}]",
+        status_code=status_code, summary=summary, log_tail=log_tail, labels=spec.labels)

@@ -56,6 +56,8 @@ from worker.launchers.base import (
     ProbeRejected,
     ReadinessProbe,
     format_labels,
+    not_ready_error,
+    probe_rejected_error,
 )
 from worker.launchers.docker_options import (
     DockerOptions,
@@ -385,19 +387,12 @@ class DockerDeployment:
             labels=labels)
 
     def _not_ready(self, timeout_s: float, detail: str) -> EngineNotReady:
-        summary = f"not ready after {timeout_s:g} s; last probe: {detail}"
-        return EngineNotReady(
-            f"engine container {self.container_name} {summary} "
-            f"[{format_labels(self._spec.labels)}]; raise the startup timeout if the engine "
-            "is slow", summary=summary, log_tail=self.log_tail(), labels=self._spec.labels)
+        return not_ready_error(self._spec, f"engine container {self.container_name}",
+                               timeout_s, detail, self.log_tail())
 
     def _rejected(self, status_code: int, detail: str) -> ProbeRejected:
-        summary = f"the 1-token completion probe was refused: {detail}"
-        return ProbeRejected(
-            f"engine container {self.container_name} is up but {summary} "
-            f"[{format_labels(self._spec.labels)}; served model name "
-            f"{self._spec.served_model_name!r}]", status_code=status_code, summary=summary,
-            log_tail=self.log_tail(), labels=self._spec.labels)
+        return probe_rejected_error(self._spec, f"engine container {self.container_name}",
+                                    status_code, detail, self.log_tail())
 
     def _save_logs(self, container: Container) -> None:
         try:

@@ -45,7 +45,9 @@ from worker.launchers.base import (
     ProbeRejected,
     ReadinessProbe,
     format_labels,
+    not_ready_error,
     probe_host,
+    probe_rejected_error,
 )
 from worker.lifeline import kill_with_parent
 
@@ -269,19 +271,10 @@ class ProcessDeployment:
             labels=self._spec.labels)
 
     def _not_ready(self, timeout_s: float, detail: str) -> EngineNotReady:
-        summary = f"not ready after {timeout_s:g} s; last probe: {detail}"
-        return EngineNotReady(
-            f"engine {summary} [{format_labels(self._spec.labels)}; "
-            f"log {self._spec.log_path}]; raise the startup timeout if the engine is slow",
-            summary=summary, log_tail=self.log_tail(), labels=self._spec.labels)
+        return not_ready_error(self._spec, "engine", timeout_s, detail, self.log_tail())
 
     def _rejected(self, status_code: int, detail: str) -> ProbeRejected:
-        summary = f"the 1-token completion probe was refused: {detail}"
-        return ProbeRejected(
-            f"engine is up but {summary} [{format_labels(self._spec.labels)}; served model "
-            f"name {self._spec.served_model_name!r}]",
-            status_code=status_code, summary=summary, log_tail=self.log_tail(),
-            labels=self._spec.labels)
+        return probe_rejected_error(self._spec, "engine", status_code, detail, self.log_tail())
 
 
 def _terminate_group(proc: subprocess.Popen[bytes], timeout_s: float) -> None:

@@ -89,7 +89,6 @@ class SimServer:
         self.lag = StepLagStats()
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
-        self.requests_finished = 0
         self._wakeups: list[asyncio.Event] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.created = int(time.time())
@@ -158,8 +157,6 @@ class SimServer:
                     waiter = req.waiter
                     if waiter is not None and not waiter.done():  # type: ignore[attr-defined]
                         waiter.set_result(None)  # type: ignore[attr-defined]
-                    if req.done:
-                        self.requests_finished += 1
                 start = end
         except EngineCrashed as crash:
             _die(str(crash))
