@@ -2,8 +2,10 @@
 
 Params are the engine's own flag names without leading dashes (``tp-size``,
 ``mem-fraction-static``), mapped to values. ``to_argv`` spells them as separate argv items
-(``["--tp-size", "2"]``), never as one shell string; booleans become a bare flag (true) or the
-engine's negative form (false; vLLM's ``--no-<flag>``) or nothing (SGLang's store-true flags).
+(``["--tp-size", "2"]``), never as one shell string, as the engine version's flag registry
+(``common.engine_flags``) says: a flag by its canonical spelling, booleans as a bare flag (true)
+and, for false, the flag's negative form where its parser defines one (``--no-<flag>``) or
+nothing (store-true switches); a value that starts with ``-`` as ``--flag=value``.
 
 The GPU count of a launch (its world size) is tensor × pipeline × data parallel size, read from
 each engine's own flag names (aliases included). TensorRT-LLM has no data parallelism.
@@ -13,6 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+
+from common.engine_flags import REGISTRY_ENGINES, FlagRegistry, FlagSpec, registry, sim_flag
 
 Engine = str  # "vllm" | "sglang" | "trtllm"
 
@@ -59,31 +63,34 @@ def world_size(engine: Engine, flags: Mapping[str, Any]) -> int:
     return sizes["tp"] * sizes["pp"] * sizes["dp"]
 
 
-def to_argv(engine: Engine, flags: Mapping[str, Any]) -> list[str]:
-    """Flags as argv items, in the given order; ``None`` values are left out."""
+def to_argv(engine: Engine, flags: Mapping[str, Any], *,
+            version: str | None = None) -> list[str]:
+    """Flags as argv items, in the given order; ``None`` values are left out.
+
+    Spelled from the flag registry of ``engine`` at ``version`` (None: the newest checked in);
+    flags the registry does not know (the simulator's ``sim-*`` flags, TensorRT-LLM's) are
+    spelled generically: true as the bare flag, false left out. Values are not validated here
+    (``check_study_flags`` did that at load), but no value can become a flag of its own."""
+    reg = _registry(engine, version)
     argv: list[str] = []
     for name, value in flags.items():
-        flag = "--" + normalize_flag(name)
         if value is None:
             continue
-        if isinstance(value, bool):
-            if value:
-                argv.append(flag)
-            elif engine == "vllm":
-                argv.append("--no-" + normalize_flag(name))
+        found = reg.resolve(name) if reg is not None else None
+        if found is not None:
+            if found.negated and isinstance(value, bool):
+                value = not value
+            argv += found.spec.argv(value)
             continue
-        if isinstance(value, (list, tuple)):
-            argv.append(flag)
-            argv.extend(_scalar(v) for v in value)
-            continue
-        argv += [flag, _scalar(value)]
+        spec = sim_flag(name) or FlagSpec(
+            name=normalize_flag(name), options=("--" + normalize_flag(name),),
+            kind="store_true" if isinstance(value, bool) else "store",
+            nargs="+" if isinstance(value, (list, tuple)) else None)
+        argv += spec.argv(value)
     return argv
 
 
-def _scalar(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
-        # Integer-valued floats from numeric search ranges: engines parse "8192", not "8192.0".
-        return str(int(value))
-    if isinstance(value, float):
-        return repr(round(value, 6))
-    return str(value)
+def _registry(engine: Engine, version: str | None) -> FlagRegistry | None:
+    if engine not in REGISTRY_ENGINES:
+        return None
+    return registry(engine, version)
