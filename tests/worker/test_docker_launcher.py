@@ -1,9 +1,10 @@
 """The docker launcher against this machine's Docker Engine, running the simulated engine.
 
 The simulated engine runs from ``worker.sim.image`` (an empty imported image plus read-only
-host mounts), so no registry and no GPU are needed. Every test labels its containers with a
-study of its own (``test-<random>``) and removes them all afterwards, even when it fails.
-Skipped only when no Docker Engine can be reached.
+host mounts), so no registry and no GPU are needed; the pull tests run a registry of their own
+on 127.0.0.1 (``tests/worker/registry.py``). Every test labels its containers with a study of its
+own (``test-<random>``) and removes them all afterwards, even when it fails; an image a test
+pulls is removed by it. Skipped only when no Docker Engine can be reached.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,11 +29,14 @@ import pytest
 
 from common.errors import ConfigError, InfraError
 from common.results import FailureReason
+from tests.worker.registry import Registry
 from worker.engines import get_engine
+from worker.gpus import GpuCheck, GpuMemory, GpuProcess
 from worker.launchers import (
     DeploymentSpec,
     EngineExited,
     EngineNotReady,
+    GpuBusy,
     ProbeRejected,
     get_launcher,
 )
@@ -39,6 +44,7 @@ from worker.launchers.docker import (
     DockerDeployment,
     DockerLauncher,
     GpuRuntimeUnavailable,
+    PullTimeout,
     connect,
 )
 from worker.launchers.docker_janitor import find_servetune_containers, remove_orphans
@@ -80,6 +86,14 @@ def study(docker_client: Any) -> Iterator[str]:
     name = f"test-{uuid.uuid4().hex[:10]}"
     yield name
     remove_orphans(name, None, client=docker_client)
+
+
+@pytest.fixture
+def registry(docker_client: Any) -> Iterator[Registry]:
+    """A registry of this test's own on 127.0.0.1; stalled requests are answered at the end."""
+    server = Registry()
+    yield server
+    server.close()
 
 
 @pytest.fixture
@@ -358,6 +372,97 @@ def test_a_host_oom_kill_is_an_infeasible_config_and_signals_read_as_negative() 
     assert [exit_status(code) for code in (0, 1, 137, 143, None)] == [0, 1, -9, -15, None]
 
 
+# -- the image pull --------------------------------------------------------------------------
+
+def test_if_missing_pulls_the_image_with_its_progress_in_the_engine_log_and_times_it(
+        tmp_path: Path, study: str, options: DockerOptions, registry: Registry,
+        docker_client: Any) -> None:
+    """The image is only in the registry: the launch pulls it (layer progress and the digest in
+    engine.log, before the engine's own output), records ``pull_s`` and serves from it; a second
+    launch finds it here, pulls nothing and records no pull (``pull: never`` works now)."""
+    ref = registry.add_image(f"servetune-pulled-{study}", "v1",
+                             {"etc/servetune-pulled": b"x" * 200_000})
+    pulling = dataclasses.replace(options, image=ref, pull="if_missing", pull_timeout_s=60)
+    try:
+        spec = sim_spec(tmp_path, study, [], trial="1")
+        with DockerLauncher(pulling).launch(spec) as deployment:
+            pull_s = deployment.phase_timings_s["pull_s"]
+            deployment.wait_ready(timeout_s=60)
+        log = spec.log_path.read_text()
+        assert ("GET", "/v2/") in registry.requests
+        lines = log.splitlines()
+        assert lines[0] == f"[servetune] pulling image {ref} (benchmark.timeouts.pull_s: 60 s)"
+        for text in ("Pulling fs layer", "Download complete", "Pull complete", "Digest: sha256:",
+                     f"Status: Downloaded newer image for {ref}"):
+            assert text in log, text
+        assert log.index(f"[servetune] pulled image {ref} in") < log.index(
+            "Application startup complete")
+        assert 0 < pull_s < 30
+        assert docker_client.images.get(ref).labels == {"servetune.test": "pulled"}
+
+        again = sim_spec(tmp_path, study, [], trial="2")
+        with DockerLauncher(dataclasses.replace(pulling, pull="never")).launch(again) as second:
+            assert second.phase_timings_s == {}
+            second.wait_ready(timeout_s=60)
+        assert "pulling image" not in again.log_path.read_text()
+    finally:
+        docker_client.images.remove(ref, force=True)
+
+
+def test_a_pull_that_stalls_fails_at_its_deadline_and_leaves_nothing(
+        tmp_path: Path, study: str, options: DockerOptions, registry: Registry,
+        docker_client: Any) -> None:
+    """The registry answers Docker's /v2/ probe, then never answers the manifest request, so
+    the pull hangs: at ``pull_timeout_s`` it is a ``PullTimeout`` (an InfraError, like every
+    failure to bring the image here), in the log too; no container, no image; once the registry
+    answers, the thread that read the pull is gone."""
+    ref = registry.add_stalled(f"stall-{study}")
+    stalled = dataclasses.replace(options, image=ref, pull="if_missing", pull_timeout_s=1.5)
+    spec = sim_spec(tmp_path, study, [])
+    started = time.monotonic()
+    with pytest.raises(PullTimeout) as info:
+        DockerLauncher(stalled).launch(spec)
+    elapsed_s = time.monotonic() - started
+    assert 1.5 <= elapsed_s < 6, elapsed_s  # ~1.5 s here
+    error = info.value
+    assert isinstance(error, InfraError)
+    assert error.image == ref and error.timeout_s == 1.5 and error.labels["trial"] == "7"
+    assert f"pulling image {ref!r} did not finish within 1.5 s" in str(error)
+    assert "benchmark.timeouts.pull_s" in str(error) and f"docker pull {ref}" in str(error)
+    # Docker really reached this registry and hung on the manifest, not somewhere else.
+    assert registry.requests[0] == ("GET", "/v2/")
+    assert any("/manifests/latest" in path for _, path in registry.requests)
+    log = spec.log_path.read_text()
+    assert f"[servetune] pulling image {ref}" in log
+    assert f"[servetune] pull of {ref} stopped after" in log
+    assert find_servetune_containers(docker_client, study) == []
+    assert not docker_client.images.list(name=ref.rsplit(":", 1)[0])
+
+    registry.release()
+    deadline = time.monotonic() + 15
+    while any(t.name.startswith("servetune-pull") for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "the pull's reader thread outlived Docker's answer"
+        time.sleep(0.05)
+
+
+# -- the GPU check -------------------------------------------------------------------------
+
+def test_a_busy_gpu_fails_the_launch_and_no_container_is_left(
+        tmp_path: Path, study: str, options: DockerOptions, docker_client: Any) -> None:
+    """GPU 5 of the trial is held by another process (readings given as data, no NVML here):
+    ``GpuBusy`` (infra_error) before the container starts; the created container is removed."""
+    held = GpuMemory("5", 70000.0, 81559.0, (GpuProcess(4242, 69000.0, "vllm"),))
+    check = GpuCheck(wait_s=0.0,
+                     read=lambda ids: [GpuMemory("2", 300.0, 81559.0), held])
+    spec = sim_spec(tmp_path, study, ["-tp", "2"], gpu_ids=["2", "5"])
+    with pytest.raises(GpuBusy) as info:
+        get_launcher("docker", options=options, gpu_check=check).launch(spec)
+    assert info.value.reason is FailureReason.INFRA_ERROR and info.value.busy == (held,)
+    assert "GPU 5 of this trial is in use by another process" in str(info.value)
+    assert "pid 4242 (vllm, 69000 MiB)" in str(info.value)
+    assert find_servetune_containers(docker_client, study) == []
+
+
 # -- teardown and the janitor ----------------------------------------------------------------
 
 @pytest.mark.parametrize("exception", [RuntimeError, KeyboardInterrupt])
@@ -444,6 +549,7 @@ def test_the_registry_needs_options_for_docker() -> None:
 @pytest.mark.parametrize(("field", "value", "message"), [
     ("image", " ", "launcher.image is empty"),
     ("pull", "always", "launcher.pull: 'always' is not one of never, if_missing"),
+    ("pull_timeout_s", 0, "benchmark.timeouts.pull_s"),
     ("gpu_mode", "cdi", "launcher.gpu_mode"),
     ("container_port", 0, "launcher.container_port"),
     ("shm_size", "lots", "launcher.shm_size"),

@@ -14,10 +14,12 @@ import pytest
 from common.errors import ConfigError, InfraError
 from common.results import FailureReason
 from worker.engines import get_engine
+from worker.gpus import GpuCheck, GpuMemory, GpuProcess
 from worker.launchers import (
     DeploymentSpec,
     EngineExited,
     EngineNotReady,
+    GpuBusy,
     ProbeRejected,
     get_launcher,
 )
@@ -278,6 +280,33 @@ def test_with_port_rewrites_only_the_port_argument(tmp_path: Path) -> None:
     assert equals_form.with_port(1).argv == ["x", "--port=1"]
     with pytest.raises(ValueError):
         DeploymentSpec(**{**spec.__dict__, "argv": ["x"]}).with_port(1)
+
+
+def test_a_busy_gpu_fails_the_launch_before_the_engine_starts(tmp_path: Path) -> None:
+    """GPU 3 of the trial holds another process's 70 GB: ``GpuBusy`` (infra_error, retryable)
+    names the GPU, its memory and the process, and the engine never ran. The readings are
+    given as data (no NVML here); with GPU 3 free the same launch goes ahead."""
+    marker = tmp_path / "engine-ran"
+    spec = fake_spec(tmp_path, f"touch {marker}; sleep 30", gpu_ids=["2", "3"])
+    held = GpuMemory("3", 70000.0, 81559.0, (GpuProcess(4242, 69000.0, "python3"),))
+    free = GpuMemory("2", 400.0, 81559.0)
+    check = GpuCheck(wait_s=0.0, read=lambda ids: [free, held])
+    with pytest.raises(GpuBusy) as info:
+        get_launcher("process", gpu_check=check).launch(spec)
+    error = info.value
+    assert error.reason is FailureReason.INFRA_ERROR and error.reason.retryable
+    assert error.busy == (held,)
+    assert error.summary == ("GPU 3 of this trial is in use by another process: GPU 3: 70000 "
+                             "of 81559 MiB in use by pid 4242 (python3, 69000 MiB)")
+    assert "at most 2048 MiB" in str(error) and "study=s1 trial=7" in str(error)
+    assert not marker.exists() and not spec.log_path.exists()
+
+    ok = GpuCheck(wait_s=0.0, read=lambda ids: [free, GpuMemory("3", 300.0, 81559.0)])
+    with ProcessLauncher(gpu_check=ok).launch(spec) as deployment:
+        deadline = time.monotonic() + 10
+        while not marker.exists():
+            assert time.monotonic() < deadline and deployment.returncode() is None
+            time.sleep(0.02)
 
 
 def test_launcher_registry() -> None:

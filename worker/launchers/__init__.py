@@ -32,11 +32,13 @@ from worker.launchers.base import (
     DeploymentSpec,
     EngineExited,
     EngineNotReady,
+    GpuBusy,
     Launcher,
     ProbeRejected,
 )
 
 if TYPE_CHECKING:
+    from worker.gpus import GpuCheck
     from worker.launchers.docker_options import DockerOptions
 
 __all__ = [
@@ -46,30 +48,31 @@ __all__ = [
     "DeploymentSpec",
     "EngineExited",
     "EngineNotReady",
+    "GpuBusy",
     "Launcher",
     "ProbeRejected",
     "get_launcher",
 ]
 
 
-def _process(options: DockerOptions | None) -> Launcher:
+def _process(options: DockerOptions | None, gpu_check: GpuCheck | None) -> Launcher:
     if options is not None:
         raise TypeError("the process launcher takes no options")
     from worker.launchers.process import ProcessLauncher
 
-    return ProcessLauncher()
+    return ProcessLauncher(gpu_check=gpu_check)
 
 
-def _docker(options: DockerOptions | None) -> Launcher:
+def _docker(options: DockerOptions | None, gpu_check: GpuCheck | None) -> Launcher:
     if options is None:
         raise ConfigError("launcher.image is required for the docker launcher: name the engine "
                           "image to run (e.g. vllm/vllm-openai)", path="launcher.image")
     from worker.launchers.docker import DockerLauncher
 
-    return DockerLauncher(options)
+    return DockerLauncher(options, gpu_check=gpu_check)
 
 
-_FACTORIES: dict[str, Callable[[DockerOptions | None], Launcher]] = {
+_FACTORIES: dict[str, Callable[[DockerOptions | None, GpuCheck | None], Launcher]] = {
     "process": _process,
     "docker": _docker,
 }
@@ -78,9 +81,11 @@ _NOT_YET_AVAILABLE: dict[str, str] = {}
 LAUNCHER_NAMES: tuple[str, ...] = tuple(_FACTORIES)
 
 
-def get_launcher(name: str, *, options: DockerOptions | None = None) -> Launcher:
+def get_launcher(name: str, *, options: DockerOptions | None = None,
+                 gpu_check: GpuCheck | None = None) -> Launcher:
     """The launcher registered as ``name``; ``options`` are the docker launcher's (required
-    there, refused with ``TypeError`` by the process launcher).
+    there, refused with ``TypeError`` by the process launcher). ``gpu_check``: how both check
+    the trial's GPUs before launch (``worker.gpus``; None: from the node's environment).
 
     Raises ``ConfigError``: for docker without options (``launcher.image`` is required); for a
     planned launcher, saying it is not available yet; for an unknown name, listing the
@@ -88,7 +93,7 @@ def get_launcher(name: str, *, options: DockerOptions | None = None) -> Launcher
     """
     factory = _FACTORIES.get(name)
     if factory is not None:
-        return factory(options)
+        return factory(options, gpu_check)
     if name in _NOT_YET_AVAILABLE:
         raise ConfigError(f"launcher {name!r} is not available yet: {_NOT_YET_AVAILABLE[name]}",
                           path="launcher", value=name, allowed=LAUNCHER_NAMES)

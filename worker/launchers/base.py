@@ -11,13 +11,15 @@ before its first request succeeds (CUDA-graph warm-up, lazy compile, a broken to
 
 Errors a deployment raises are ``TrialError``s carrying the ``FailureReason`` the trial records:
 ``EngineExited`` (the engine died before it was ready; reason read from its log by the engine's
-classifier), ``EngineNotReady`` (deadline passed; ``startup_timeout``) and ``ProbeRejected`` (the
-engine answered the completion probe with a definite refusal).
+classifier), ``EngineNotReady`` (deadline passed; ``startup_timeout``), ``ProbeRejected`` (the
+engine answered the completion probe with a definite refusal) and ``GpuBusy`` (before anything
+starts: a GPU of the trial is in use by another process, ``infra_error``; ``ensure_gpus_free``,
+which every launcher calls before it starts an engine).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
@@ -27,6 +29,7 @@ import httpx
 
 from common.errors import TrialError
 from common.results import FailureReason
+from worker.gpus import ENV_MAX_USED_MIB, GpuCheck, GpuMemory
 
 # (exit_code, log_tail) -> (reason, one-line summary): an Engine's classify_failure.
 FailureClassifier = Callable[[int | None, str], tuple[FailureReason, str]]
@@ -104,6 +107,12 @@ class Deployment(Protocol):
     @property
     def pid(self) -> int | None:
         """The engine's main process id as seen from here; ``None`` where there is none."""
+        ...
+
+    @property
+    def phase_timings_s(self) -> Mapping[str, float]:
+        """Seconds spent in the launcher's own phases before the engine started, by phase
+        (docker: ``pull_s`` when it pulled the image); empty when there were none."""
         ...
 
     def returncode(self) -> int | None:
@@ -196,6 +205,34 @@ class ProbeRejected(DeploymentError):
         super().__init__(message, reason=reason, summary=summary, log_tail=log_tail,
                          labels=labels)
         self.status_code = status_code
+
+
+class GpuBusy(DeploymentError):
+    """A GPU Ray gave the trial is in use by a process Ray does not know of (an engine left by a
+    killed trial, a job outside Ray). The platform's fault, ``infra_error`` (retryable: nothing
+    is learnt about the config); ``busy`` holds the readings of the busy GPUs."""
+
+    def __init__(self, message: str, *, busy: Sequence[GpuMemory], summary: str,
+                 labels: Mapping[str, str] | None = None) -> None:
+        super().__init__(message, reason=FailureReason.INFRA_ERROR, summary=summary,
+                         labels=labels)
+        self.busy = tuple(busy)
+
+
+def ensure_gpus_free(spec: DeploymentSpec, check: GpuCheck) -> None:
+    """Raise ``GpuBusy`` if a GPU of ``spec.gpu_ids`` has more memory in use than ``check``
+    allows (after its grace wait); return at once where the check is off or NVML absent."""
+    busy = check.busy(spec.gpu_ids)
+    if not busy:
+        return
+    ids = ", ".join(reading.gpu_id for reading in busy)
+    summary = (f"GPU {ids} of this trial {'is' if len(busy) == 1 else 'are'} in use by another "
+               f"process: " + "; ".join(reading.describe() for reading in busy))
+    raise GpuBusy(
+        f"{summary} (a free GPU has at most {check.max_used_mib:g} MiB in use); nothing was "
+        f"started. Stop what holds it (`nvidia-smi`; `servetune clean` removes engine "
+        f"containers of killed trials), or set {ENV_MAX_USED_MIB} (MiB, or off) on the node "
+        f"[{format_labels(spec.labels)}]", busy=busy, summary=summary, labels=spec.labels)
 
 
 @dataclass

@@ -15,6 +15,14 @@ lifecycle guarantees, and:
   ``spec.port`` itself.
 - ``device_requests`` mode on a host without the NVIDIA Container Toolkit fails at start ("could
   not select device driver"): ``GpuRuntimeUnavailable`` (``infra_error``), container removed.
+- An image the host lacks is pulled (``options.pull``) with its progress in ``spec.log_path``,
+  within ``options.pull_timeout_s``: a pull still running then raises ``PullTimeout`` (an
+  ``InfraError``, like every other failure to bring the image here). Docker has no call to
+  cancel a pull: the daemon may go on with it (a later launch then finds the image or joins
+  that pull); the thread that read its progress ends when Docker ends the response. The pull's
+  duration is ``phase_timings_s["pull_s"]``, apart from startup.
+- Before the container starts, the trial's GPUs are checked (``GpuCheck``, default from the
+  node's environment): one in use by another process raises ``GpuBusy``, container removed.
 - ``init=True``: docker-init is PID 1, forwards SIGTERM to the engine and reaps its workers (an
   engine as PID 1 ignores SIGTERM: every stop would wait for the SIGKILL).
 - No ``auto_remove``: exit state and output survive the engine. ``stop`` stops the container,
@@ -30,8 +38,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import queue
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -48,6 +58,7 @@ from docker.utils import parse_repository_tag
 
 from common.errors import InfraError
 from common.results import FailureReason
+from worker.gpus import GpuCheck
 from worker.launchers.base import (
     DeploymentError,
     DeploymentSpec,
@@ -55,6 +66,7 @@ from worker.launchers.base import (
     EngineNotReady,
     ProbeRejected,
     ReadinessProbe,
+    ensure_gpus_free,
     format_labels,
     not_ready_error,
     probe_rejected_error,
@@ -69,7 +81,8 @@ from worker.launchers.docker_options import (
 )
 
 __all__ = ["DockerDeployment", "DockerLauncher", "DockerOptions", "GpuRuntimeUnavailable",
-           "connect", "docker_errors", "force_remove", "image_exists", "import_rootfs"]
+           "PullTimeout", "connect", "docker_errors", "force_remove", "image_exists",
+           "import_rootfs"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,22 +99,37 @@ class GpuRuntimeUnavailable(DeploymentError):
     Toolkit) is not installed or configured. The platform's fault, ``infra_error``."""
 
 
+class PullTimeout(InfraError):
+    """Pulling ``image`` did not finish within ``timeout_s`` (``benchmark.timeouts.pull_s``):
+    the registry or the node's network is slow or stalled. The platform's fault, like any other
+    failure to pull; ``labels`` are the deployment's (study, trial)."""
+
+    def __init__(self, message: str, *, image: str, timeout_s: float,
+                 labels: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.image = image
+        self.timeout_s = timeout_s
+        self.labels = dict(labels or {})
+
+
 class DockerLauncher:
     """Runs engines as containers. Holds only its options; each deployment has its own
-    Docker client, so deployments can run in different threads."""
+    Docker client, so deployments can run in different threads. ``gpu_check``: how the
+    trial's GPUs are checked before start (None: ``GpuCheck.from_env()`` at each launch)."""
 
     name: ClassVar[str] = "docker"
 
-    def __init__(self, options: DockerOptions) -> None:
+    def __init__(self, options: DockerOptions, *, gpu_check: GpuCheck | None = None) -> None:
         self.options = options
+        self.gpu_check = gpu_check
 
     def launch(self, spec: DeploymentSpec) -> DockerDeployment:
         """Create and start the container, return at once; the caller owns the result.
 
-        Raises ``InfraError`` (Docker unreachable, image missing, API error),
-        ``GpuRuntimeUnavailable``; nothing is left behind then.
+        Raises ``InfraError`` (Docker unreachable, image missing, API error), ``PullTimeout``,
+        ``GpuBusy``, ``GpuRuntimeUnavailable``; nothing is left behind then.
         """
-        deployment = DockerDeployment(spec, self.options)
+        deployment = DockerDeployment(spec, self.options, gpu_check=self.gpu_check)
         try:
             deployment.start()
         except BaseException:
@@ -122,9 +150,12 @@ class DockerDeployment:
     alone makes it without starting it (to inspect what Docker was asked for).
     """
 
-    def __init__(self, spec: DeploymentSpec, options: DockerOptions) -> None:
+    def __init__(self, spec: DeploymentSpec, options: DockerOptions, *,
+                 gpu_check: GpuCheck | None = None) -> None:
         self._spec = spec
         self.options = options
+        self._gpu_check = gpu_check
+        self._phase_timings_s: dict[str, float] = {}
         self._client: DockerClient | None = None
         self._container: Container | None = None
         self._pid: int | None = None
@@ -148,6 +179,11 @@ class DockerDeployment:
         """Host pid of the container's init (docker-init, the engine's parent) when it
         started; None before."""
         return self._pid
+
+    @property
+    def phase_timings_s(self) -> Mapping[str, float]:
+        """``pull_s``: how long the image pull took, when this deployment pulled it."""
+        return dict(self._phase_timings_s)
 
     @property
     def container_id(self) -> str | None:
@@ -190,9 +226,11 @@ class DockerDeployment:
         self._create_container()
 
     def start(self) -> None:
-        """Start the container (creating it first if needed); retries a taken host port."""
+        """Start the container (creating it first if needed) once the trial's GPUs are found
+        free (``GpuBusy`` otherwise); retries a taken host port."""
         if self._container is None:
             self.create()
+        ensure_gpus_free(self._spec, self._gpu_check or GpuCheck.from_env())
         while True:
             container = self._require_container()
             with docker_errors(f"start container {container.name}"):
@@ -284,7 +322,8 @@ class DockerDeployment:
         if self.options.pull == "never":
             raise InfraError(f"image {image!r} is not on this Docker host and launcher.pull is "
                              "'never'; load or build it here, or set launcher.pull: if_missing")
-        _pull(client, image, self._spec.log_path)
+        self._phase_timings_s["pull_s"] = _pull(image, self._spec.log_path,
+                                                self.options.pull_timeout_s, self._spec.labels)
 
     def _create_container(self) -> None:
         if self._client is None:
@@ -483,23 +522,72 @@ def import_rootfs(ref: str, rootfs_tar: bytes, *, changes: Sequence[str] = ()) -
     return image_id
 
 
-def _pull(client: DockerClient, ref: str, log_path: Path) -> None:
+def _pull(ref: str, log_path: Path, timeout_s: float, labels: Mapping[str, str]) -> float:
+    """Pull ``ref`` within ``timeout_s``, its progress appended to ``log_path``; returns the
+    seconds it took. Raises ``PullTimeout`` at the deadline, ``InfraError`` if it fails.
+
+    Docker answers a pull with nothing at all until the registry does (not even headers), and
+    the SDK reads without a timeout, so the stream is read in a thread of its own, with a client
+    of its own, and this thread waits on it with the deadline (see the module docstring)."""
     repository, tag = parse_repository_tag(ref)
-    logger.info("pulling image %s", ref)
+    client = connect()
+    events: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+    def read_stream() -> None:
+        try:
+            for event in client.api.pull(repository, tag=tag or "latest", stream=True,
+                                         decode=True):
+                events.put(("event", event))
+            events.put(("end", None))
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+            events.put(("raised", e))
+        finally:
+            client.close()
+
+    logger.info("pulling image %s (at most %g s; %s)", ref, timeout_s, format_labels(labels))
+    started = time.monotonic()
+    deadline = started + timeout_s
     last_tick = 0.0
+    last_line = "no answer from the registry yet"
     with docker_errors(f"pull image {ref!r}"), log_path.open("a") as log:
-        log.write(f"[servetune] pulling image {ref}\n")
-        for event in client.api.pull(repository, tag=tag or "latest", stream=True,
-                                     decode=True):
-            if "error" in event:
-                raise InfraError(f"Docker Engine: pull image {ref!r} failed: {event['error']}")
-            if event.get("progress"):  # byte counters: one line per few seconds is enough
+        log.write(f"[servetune] pulling image {ref} (benchmark.timeouts.pull_s: {timeout_s:g} s)"
+                  "\n")
+        log.flush()
+        threading.Thread(target=read_stream, name=f"servetune-pull {ref}", daemon=True).start()
+        while True:
+            try:
+                kind, payload = events.get(timeout=max(deadline - time.monotonic(), 0.0))
+            except queue.Empty:
+                elapsed_s = time.monotonic() - started
+                log.write(f"[servetune] pull of {ref} stopped after {elapsed_s:.1f} s: past "
+                          f"benchmark.timeouts.pull_s ({timeout_s:g} s)\n")
+                raise PullTimeout(
+                    f"pulling image {ref!r} did not finish within {timeout_s:g} s "
+                    f"(benchmark.timeouts.pull_s); last progress: {last_line}. Check this "
+                    f"node's access to the registry, pull the image on the node beforehand "
+                    f"(docker pull {ref}), or raise benchmark.timeouts.pull_s "
+                    f"[{format_labels(labels)}]", image=ref, timeout_s=timeout_s,
+                    labels=labels) from None
+            if kind == "end":
+                break
+            if kind == "raised":
+                raise payload  # docker_errors turns SDK and connection errors into ours
+            if "error" in payload:
+                raise InfraError(f"Docker Engine: pull image {ref!r} failed: "
+                                 f"{payload['error']} [{format_labels(labels)}]")
+            if payload.get("progress"):  # byte counters: one line per few seconds is enough
                 if time.monotonic() - last_tick < PULL_PROGRESS_EVERY_S:
                     continue
                 last_tick = time.monotonic()
-            parts = [event.get("id", ""), event.get("status", ""), event.get("progress", "")]
-            log.write(" ".join(part for part in parts if part) + "\n")
+            parts = [payload.get("id", ""), payload.get("status", ""),
+                     payload.get("progress", "")]
+            last_line = " ".join(str(part) for part in parts if part)
+            log.write(last_line + "\n")
             log.flush()
+        elapsed_s = time.monotonic() - started
+        log.write(f"[servetune] pulled image {ref} in {elapsed_s:.1f} s\n")
+    logger.info("pulled image %s in %.1f s (%s)", ref, elapsed_s, format_labels(labels))
+    return elapsed_s
 
 
 def _is_running(state: dict[str, Any]) -> bool:

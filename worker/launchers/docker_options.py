@@ -22,6 +22,7 @@ calls. Everything here is pure: no Docker Engine is contacted.
 from __future__ import annotations
 
 import getpass
+import math
 import os
 import re
 import secrets
@@ -57,20 +58,23 @@ class DockerOptions:
     naming the ``launcher.<field>``).
 
     ``image``: the engine image. ``pull``: ``if_missing`` pulls an absent image (progress into
-    the trial's engine log), ``never`` fails instead. ``gpu_mode``: ``device_requests`` (what
-    ``docker run --gpus`` does; needs the NVIDIA Container Toolkit) or ``nvidia_env``
-    (``NVIDIA_VISIBLE_DEVICES``, read by the NVIDIA container runtime where it is the default
-    runtime, and by the simulated engine). ``container_port``: the port the engine listens on
-    inside the container (argv is built with it). ``ipc_host``: share the host's IPC namespace
-    (NCCL and PyTorch workers need a large /dev/shm); when False, ``shm_size`` (``"16g"``)
-    sizes /dev/shm. ``volumes``: ``host:container[:ro|rw]``, absolute paths. ``pass_env``:
-    variables copied from the operator's environment at launch where set (secrets).
+    the trial's engine log), ``never`` fails instead. ``pull_timeout_s``: how long a pull may
+    take (``benchmark.timeouts.pull_s``) before ``PullTimeout``. ``gpu_mode``:
+    ``device_requests`` (what ``docker run --gpus`` does; needs the NVIDIA Container Toolkit)
+    or ``nvidia_env`` (``NVIDIA_VISIBLE_DEVICES``, read by the NVIDIA container runtime where it
+    is the default runtime, and by the simulated engine). ``container_port``: the port the
+    engine listens on inside the container (argv is built with it). ``ipc_host``: share the
+    host's IPC namespace (NCCL and PyTorch workers need a large /dev/shm); when False,
+    ``shm_size`` (``"16g"``) sizes /dev/shm. ``volumes``: ``host:container[:ro|rw]``, absolute
+    paths. ``pass_env``: variables copied from the operator's environment at launch where set
+    (secrets).
     ``owner``: the ``servetune.owner`` label. ``network_mode``: Docker's (default: bridge);
     with ``"host"`` nothing is published and the engine must listen on the spec's port itself.
     """
 
     image: str
     pull: Literal["never", "if_missing"] = "if_missing"
+    pull_timeout_s: float = 1800.0
     gpu_mode: Literal["device_requests", "nvidia_env"] = "device_requests"
     container_port: int = 8000
     ipc_host: bool = True
@@ -85,6 +89,10 @@ class DockerOptions:
             raise ConfigError("launcher.image is empty; name the engine image to run",
                               path="launcher.image", value=self.image)
         _check_choice("launcher.pull", self.pull, PULL_POLICIES)
+        if not 0 < self.pull_timeout_s < math.inf:
+            raise ConfigError(f"benchmark.timeouts.pull_s: {self.pull_timeout_s!r} is not a "
+                              "number of seconds > 0", path="benchmark.timeouts.pull_s",
+                              value=self.pull_timeout_s)
         _check_choice("launcher.gpu_mode", self.gpu_mode, GPU_MODES)
         if not 1 <= self.container_port <= 65535:
             raise ConfigError(f"launcher.container_port: {self.container_port} is not a port "

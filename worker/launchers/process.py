@@ -7,6 +7,8 @@ engine). Contract:
   it signals everything it started (vLLM's engine-core and worker processes, SGLang's
   schedulers); a Ctrl-C at the driver's terminal does not reach it, the owner's teardown does.
 - stdin is closed; stdout and stderr go, interleaved, to ``spec.log_path``.
+- Before it starts, ``launch`` checks that the trial's GPUs are free (``GpuCheck``; default
+  from the node's environment): a busy one raises ``GpuBusy`` and nothing starts.
 - The environment is this process's without an inherited ``CUDA_VISIBLE_DEVICES`` (the trial's
   GPUs are ``spec.gpu_ids``, not whatever this process was given), then
   ``CUDA_VISIBLE_DEVICES=<spec.gpu_ids>`` when there are any, then ``spec.env`` (normally
@@ -32,18 +34,21 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from types import TracebackType
 from typing import ClassVar
 
 import httpx
 
 from common.errors import InfraError
+from worker.gpus import GpuCheck
 from worker.launchers.base import (
     DeploymentSpec,
     EngineExited,
     EngineNotReady,
     ProbeRejected,
     ReadinessProbe,
+    ensure_gpus_free,
     format_labels,
     not_ready_error,
     probe_host,
@@ -82,19 +87,26 @@ def label_env_name(key: str) -> str:
 
 
 class ProcessLauncher:
-    """Runs engines as local child processes. Stateless; one instance can launch many."""
+    """Runs engines as local child processes. Stateless; one instance can launch many.
+
+    ``gpu_check``: how the trial's GPUs are checked before launch (None: ``GpuCheck.from_env()``
+    at each launch, from the node's environment)."""
 
     name: ClassVar[str] = "process"
 
-    def __init__(self, *, port_retries: int = PORT_RETRIES) -> None:
+    def __init__(self, *, port_retries: int = PORT_RETRIES,
+                 gpu_check: GpuCheck | None = None) -> None:
         self.port_retries = port_retries
+        self.gpu_check = gpu_check
 
     def launch(self, spec: DeploymentSpec) -> ProcessDeployment:
         """Start the engine and return at once; the caller owns (and must stop) the result.
 
-        Raises ``InfraError`` if the engine's executable cannot be started (not installed on
-        this node) or the log file cannot be opened; nothing is left running then.
+        Raises ``GpuBusy`` if a GPU of the spec is in use (nothing is started), ``InfraError``
+        if the engine's executable cannot be started (not installed on this node) or the log
+        file cannot be opened; nothing is left running then.
         """
+        ensure_gpus_free(spec, self.gpu_check or GpuCheck.from_env())
         deployment = ProcessDeployment(spec, port_retries=self.port_retries)
         try:
             deployment.start()
@@ -131,6 +143,11 @@ class ProcessDeployment:
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
+
+    @property
+    def phase_timings_s(self) -> Mapping[str, float]:
+        """Empty: the process starts at once, with no phase of the launcher before it."""
+        return {}
 
     def returncode(self) -> int | None:
         return self._proc.poll() if self._proc is not None else None
