@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from common.engine_flags import check_study_flags
 from common.errors import ConfigError
 from common.params import PARALLEL_FLAGS, RESERVED_FLAGS, normalize_flag, parallel_key
 from common.traffic import TrafficError, TrafficScenario
@@ -55,7 +56,9 @@ class EngineSection(_Section):
     name: Literal["vllm", "sglang", "trtllm"]
     """The inference engine whose flags are searched."""
     version: str | None = None
-    """Engine version the flags are meant for; recorded with the study (not yet checked)."""
+    """Engine version whose flag registry the study's flags are checked against (names, types,
+    choices; docs/engine-parameters.md lists the checked-in versions); default: the newest
+    checked in. TensorRT-LLM has no registry yet: its version is recorded only."""
     simulated: bool = False
     """Run servetune's simulated engine with this engine's flags (vllm and sglang dialects)."""
 
@@ -150,8 +153,9 @@ SearchParam = Annotated[list[FlagValue], Field(min_length=1)] | NumericRange
 
 
 class SearchSection(_Section):
-    algorithm: Literal["grid", "random", "tpe"] = "tpe"
-    """grid: every combination; random: uniform samples; tpe: Optuna's TPE sampler."""
+    algorithm: Literal["grid", "random", "tpe", "nsga2"] = "tpe"
+    """grid: every combination; random: uniform samples; tpe: Optuna's TPE sampler
+    (multi-objective TPE when the objective has ``pareto_with``); nsga2: Optuna's NSGA-II."""
     max_trials: int = Field(default=20, ge=1)
     """Upper bound on trials (a grid larger than this is cut, in order)."""
     max_concurrent_trials: int = Field(default=4, ge=1)
@@ -162,6 +166,26 @@ class SearchSection(_Section):
     """Stop starting trials after this many seconds."""
     startup_trials: int = Field(default=5, ge=0)
     """TPE: random trials before the model-based sampling starts."""
+    population_size: int | None = Field(default=None, ge=2)
+    """NSGA-II: individuals per generation (default: max_trials / 4, at least 4)."""
+    baseline: bool = True
+    """Run the engine's defaults first (fixed flags, the smallest parallel layout, no searched
+    flag) and report the best trial's gain over it."""
+    baseline_flags: dict[str, FlagValue] = Field(default_factory=dict)
+    """Flags of the baseline besides the fixed flags (e.g. the tp size a large model needs)."""
+    early_stop: bool = True
+    """Run concurrency levels in increasing order and stop a trial's benchmark at the first
+    level that fails a hard SLO (higher levels can only be worse)."""
+    warm_start: bool | list[str] = False
+    """Seed the searcher with earlier trials from the database: true takes every study with
+    the same model, engine, GPU type, workload and objective; a list names the studies."""
+
+    @field_validator("baseline_flags", mode="before")
+    @classmethod
+    def _strip_dashes(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {normalize_flag(str(k)): v for k, v in value.items()}
+        return value
 
 
 class TimeoutsSection(_Section):
@@ -169,6 +193,10 @@ class TimeoutsSection(_Section):
     """Deadline for the engine to become ready (model load, compile, CUDA graphs)."""
     teardown_s: float = Field(default=30.0, gt=0)
     """Deadline for the engine to stop before it is killed."""
+    pull_s: float = Field(default=1800.0, gt=0)
+    """Docker launcher: deadline for pulling an image the node does not have (``launcher.pull:
+    if_missing``); a pull still running then fails the trial as an infrastructure error. Not
+    part of ``startup_s``; recorded as the trial's ``pull_s`` phase."""
 
 
 class BenchmarkSection(_Section):
@@ -210,26 +238,103 @@ class BenchmarkSection(_Section):
 OBJECTIVE_METRICS = ("output_throughput", "total_throughput", "requests_per_s",
                      "e2e_latency", "ttft", "tpot")
 LATENCY_METRICS = frozenset({"e2e_latency", "ttft", "tpot"})
+ObjectiveMetric = Literal["output_throughput", "total_throughput", "requests_per_s",
+                          "e2e_latency", "ttft", "tpot"]
+Statistic = Literal["mean", "p50", "p90", "p95", "p99"]
 
 
-class ObjectiveSection(_Section):
-    metric: Literal["output_throughput", "total_throughput", "requests_per_s", "e2e_latency",
-                    "ttft", "tpot"] = "output_throughput"
+class ObjectiveTerm(_Section):
+    metric: ObjectiveMetric
     """Throughputs are maximized, latencies minimized."""
-    per_gpu: bool = False
-    """Divide throughput by the trial's GPU count (compare 2-GPU and 8-GPU configs fairly);
-    throughput metrics only."""
-    statistic: Literal["mean", "p50", "p90", "p95", "p99"] = "mean"
+    statistic: Statistic = "mean"
     """Which statistic of a latency metric (ignored for throughput metrics)."""
+    per_gpu: bool = False
+    """Divide throughput by the trial's GPU count; throughput metrics only."""
 
     @property
     def maximize(self) -> bool:
         return self.metric not in LATENCY_METRICS
 
+    @property
+    def label(self) -> str:
+        if self.maximize:
+            return self.metric + ("_per_gpu" if self.per_gpu else "")
+        return f"{self.metric}_{self.statistic}_ms"
+
+    @model_validator(mode="after")
+    def _check(self) -> ObjectiveTerm:
+        if self.per_gpu and not self.maximize:
+            raise ValueError("per_gpu applies to throughput metrics, not latency")
+        return self
+
+
+class SloSection(_Section):
+    metric: Literal["ttft", "tpot", "e2e_latency"]
+    """The latency the objective bounds."""
+    statistic: Statistic = "p90"
+    """Which statistic of it, per concurrency level."""
+    max_ms: float = Field(gt=0)
+    """The threshold in milliseconds."""
+    kind: Literal["hard", "soft"] = "hard"
+    """hard: a level above the threshold fails; soft: it is penalized by
+    ``weight · exp(violation / steepness)`` with violation = (actual − max_ms) / max_ms."""
+    weight: float = Field(default=1.0, ge=0)
+    """Soft SLOs: the penalty's weight."""
+    steepness: float = Field(default=0.1, gt=0)
+    """Soft SLOs: how fast the penalty grows with the violation."""
+    fail_ratio: float | None = Field(default=0.5, gt=0)
+    """Soft SLOs: a violation beyond this ratio fails the level as a hard SLO would
+    (null: never)."""
+    concurrency: list[int] | None = None
+    """Levels the SLO applies to (default: every level)."""
+
+    @property
+    def label(self) -> str:
+        return f"{self.metric}_{self.statistic}"
+
+
+class ObjectiveSection(_Section):
+    metric: ObjectiveMetric = "output_throughput"
+    """Throughputs are maximized, latencies minimized."""
+    per_gpu: bool = False
+    """Divide throughput by the trial's GPU count (compare 2-GPU and 8-GPU configs fairly);
+    throughput metrics only."""
+    statistic: Statistic = "mean"
+    """Which statistic of a latency metric (ignored for throughput metrics)."""
+    aggregate: Literal["mean", "best_level"] = "mean"
+    """Across concurrency levels: the mean over the SLO-compliant levels, or the value at the
+    best compliant level (for throughput: the most a config sustains within the SLOs)."""
+    slos: list[SloSection] = Field(default_factory=list)
+    """Latency targets checked per concurrency level before aggregation; levels that fail are
+    left out, and a trial with no compliant level fails as ``slo_violated``."""
+    max_error_rate: float = Field(default=0.01, ge=0, le=1)
+    """A level whose share of failed requests exceeds this fails, like a hard SLO."""
+    pareto_with: list[ObjectiveTerm] = Field(default_factory=list, max_length=2)
+    """One or two more objectives: the study becomes multi-objective (NSGA-II or
+    multi-objective TPE) and its result is the Pareto front."""
+
+    @property
+    def maximize(self) -> bool:
+        return self.metric not in LATENCY_METRICS
+
+    @property
+    def terms(self) -> list[ObjectiveTerm]:
+        """Every objective, the primary first."""
+        primary = ObjectiveTerm(metric=self.metric, statistic=self.statistic,
+                                per_gpu=self.per_gpu)
+        return [primary, *self.pareto_with]
+
+    @property
+    def multi(self) -> bool:
+        return bool(self.pareto_with)
+
     @model_validator(mode="after")
     def _check(self) -> ObjectiveSection:
         if self.per_gpu and not self.maximize:
             raise ValueError("per_gpu applies to throughput metrics, not latency")
+        labels = [term.label for term in self.terms]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"pareto_with repeats an objective: {labels}")
         return self
 
 
@@ -315,12 +420,39 @@ class StudyConfig(_Section):
             if values is not None and not all(isinstance(v, int) and v >= 1 for v in values):
                 raise ValueError(f"search_space.{flag}: parallel sizes must be integers >= 1, "
                                  f"got {values}")
+        # Names, types and choices against the engine version's flag registry; security flags
+        # only in fixed_flags (docs/engine-parameters.md).
+        problems = check_study_flags(self.engine.name, self.engine.version, self.search_space,
+                                     self.fixed_flags, simulated=self.engine.simulated,
+                                     other={"search.baseline_flags": self.search.baseline_flags})
+        if problems:
+            raise ValueError("\n  - ".join(problems))
         return self
 
     @property
     def parallel_flags(self) -> tuple[str, ...]:
         names = PARALLEL_FLAGS[self.engine.name]
         return tuple(n for group in names.values() for n in group)
+
+    @model_validator(mode="after")
+    def _objective_and_search(self) -> StudyConfig:
+        levels = set(self.benchmark.concurrency)
+        for i, slo in enumerate(self.objective.slos):
+            unknown = sorted(set(slo.concurrency or ()) - levels)
+            if unknown:
+                raise ValueError(f"objective.slos.{i}.concurrency: levels {unknown} are not "
+                                 f"benchmarked (benchmark.concurrency: {sorted(levels)})")
+        if self.search.warm_start is not False and (
+                self.objective.multi or self.search.algorithm != "tpe"):
+            raise ValueError("search.warm_start seeds single-objective TPE studies only (grid "
+                             "and random search learn nothing from earlier trials, and a "
+                             "multi-objective searcher cannot take their scores)")
+        unknown_base = set(self.search.baseline_flags) - set(self.search_space) - set(
+            self.fixed_flags)
+        if unknown_base:
+            raise ValueError(f"search.baseline_flags: {sorted(unknown_base)} are neither "
+                             "searched nor fixed flags; the baseline sets searched flags only")
+        return self
 
 
 def load_study(path: str | Path) -> StudyConfig:

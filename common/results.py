@@ -62,6 +62,12 @@ class TrialRecord:
     message: str = ""
     score: float | None = None
     objective_value: float | None = None
+    # One value per objective, the primary first (multi-objective studies; failures included).
+    objective_values: list[float] | None = None
+    # Per-level SLO verdicts and the worst violation (``Evaluation.slo_report``).
+    slo: dict[str, Any] | None = None
+    # The engine-defaults reference trial the study's gain is measured against.
+    baseline: bool = False
     phase_timings_s: dict[str, float] = field(default_factory=dict)
     started_at: datetime = field(default_factory=utcnow)
     finished_at: datetime | None = None

@@ -75,6 +75,15 @@ def _parser() -> argparse.ArgumentParser:
     clean.add_argument("--study", help="only this study's containers (default: all studies)")
     clean.set_defaults(handler=_clean)
 
+    serve = sub.add_parser("serve", help="serve the read API and report page (read-only)")
+    serve.add_argument("--database-url", help="default: $SERVETUNE_DATABASE_URL, else "
+                       "./servetune-results/servetune.db")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument("--root-path", help="path prefix behind a reverse proxy, e.g. "
+                       "/servetune (default: $SERVETUNE_API_ROOT_PATH)")
+    serve.set_defaults(handler=_serve)
+
     sub.add_parser("sim", help="the simulated serving engine: servetune sim "
                    "{serve,predict,image}")
     return parser
@@ -122,7 +131,7 @@ def _run(args: argparse.Namespace) -> int:
     print(f"study {study.name}: results in {paths.results_dir}, database "
           f"{_redact(paths.database_url)}", flush=True)
     outcome = run_study(study, paths)
-    _print_summary(study, outcome.trials)
+    _print_summary(study, outcome.trials, outcome.pareto_front)
     if outcome.interrupted:
         print("interrupted: running trials were stopped and torn down; finished trials are "
               "in the database")
@@ -141,10 +150,31 @@ def _trials(args: argparse.Namespace) -> int:
         if store.study(args.name) is None:
             raise ConfigError(f"no study named {args.name!r} in {_redact(url)}",
                               path="name", value=args.name)
+        info = store.study(args.name)
         records = store.trials(args.name)
     finally:
         store.close()
     _print_table(records, limit=None)
+    if info is not None and info.pareto_front is not None:
+        study = StudyConfig.model_validate(info.config)
+        _print_pareto(study, records, info.pareto_front)
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from manager.api.app import create_app
+    from manager.api.settings import ApiSettings
+
+    settings = ApiSettings.from_env(database_url=args.database_url, host=args.host,
+                                    port=args.port, root_path=args.root_path)
+    app = create_app(settings)
+    auth = "bearer token required" if settings.token else "no authentication"
+    print(f"servetune API on http://{settings.host}:{settings.port}{settings.root_path} "
+          f"({auth}), database {_redact(settings.database_url)}", flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning",
+                proxy_headers=True, forwarded_allow_ips="127.0.0.1")
     return EXIT_OK
 
 
@@ -159,7 +189,8 @@ def _clean(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _print_summary(study: StudyConfig, records: list[TrialRecord]) -> None:
+def _print_summary(study: StudyConfig, records: list[TrialRecord],
+                   front: list[int] | None = None) -> None:
     succeeded = [r for r in records if r.status is TrialStatus.SUCCEEDED]
     failed = [r for r in records if r.status is TrialStatus.FAILED]
     print(f"\n{len(succeeded)} succeeded, {len(failed)} failed")
@@ -168,12 +199,48 @@ def _print_summary(study: StudyConfig, records: list[TrialRecord]) -> None:
     ranked = sorted(succeeded, key=lambda r: r.score or float("-inf"), reverse=True)
     print("best trials:")
     _print_table(ranked, limit=5)
+    if study.objective.multi:
+        _print_pareto(study, records, front)
     best = ranked[0]
-    print(f"\nbest: trial {best.number}, {study.objective.metric}"
-          f"{' per GPU' if study.objective.per_gpu else ''} = {best.objective_value:.4g}")
+    term = study.objective.terms[0]
+    print(f"\nbest: trial {best.number}{' (the baseline)' if best.baseline else ''}, "
+          f"{term.label} = {best.objective_value:.4g}")
+    gain = baseline_gain(study, records, best)
+    if gain is not None:
+        print(f"gain over the baseline (trial 0, engine defaults): {gain:+.1%}")
     print("launch it with:\n  " + native_command(study, best))
     if study.engine.simulated:
         print("(simulated here with:\n  " + shlex.join(best.argv) + ")")
+
+
+def baseline_gain(study: StudyConfig, records: list[TrialRecord],
+                  best: TrialRecord) -> float | None:
+    """How much better the best trial's objective is than the baseline's (None without a
+    succeeded baseline): a ratio minus one, positive when better, for either direction."""
+    baseline = next((r for r in records if r.baseline
+                     and r.status is TrialStatus.SUCCEEDED), None)
+    if baseline is None or not baseline.objective_value or not best.objective_value:
+        return None
+    if study.objective.maximize:
+        return best.objective_value / baseline.objective_value - 1.0
+    return baseline.objective_value / best.objective_value - 1.0
+
+
+def _print_pareto(study: StudyConfig, records: list[TrialRecord],
+                  front: list[int] | None) -> None:
+    from manager.driver import study_pareto_front
+
+    numbers = front if front is not None else study_pareto_front(study, records) or []
+    terms = study.objective.terms
+    by_number = {r.number: r for r in records}
+    print(f"\nPareto front ({len(numbers)} trials): "
+          + " vs ".join(f"{t.label} ({'max' if t.maximize else 'min'})" for t in terms))
+    for number in numbers:
+        record = by_number[number]
+        values = ", ".join(f"{t.label}={v:.4g}"
+                           for t, v in zip(terms, record.objective_values or [], strict=False))
+        params = ", ".join(f"{k}={v}" for k, v in record.params.items())
+        print(f"  trial {number:>4}: {values}  [{params}]")
 
 
 def native_command(study: StudyConfig, record: TrialRecord) -> str:
@@ -183,8 +250,8 @@ def native_command(study: StudyConfig, record: TrialRecord) -> str:
     flags = {**study.fixed_flags, **record.params}
     # The engine's own environment, not servetune's venv.
     engine = get_engine(study.engine.name, python="python3")
-    argv = engine.command(study.model.name, to_argv(study.engine.name, flags), "0.0.0.0",
-                          8000, study.model.served)
+    native = to_argv(study.engine.name, flags, version=study.engine.version)
+    argv = engine.command(study.model.name, native, "0.0.0.0", 8000, study.model.served)
     gpus = len(record.gpu_ids)
     return f"CUDA_VISIBLE_DEVICES={','.join(str(i) for i in range(gpus))} {shlex.join(argv)}"
 
@@ -199,7 +266,8 @@ def _print_table(records: list[TrialRecord], limit: int | None) -> None:
         tput = _mean([lv.output_tokens_per_s for lv in levels])
         score = f"{record.score:.4g}" if record.score is not None else "-"
         params = ", ".join(f"{k}={v}" for k, v in record.params.items())
-        print(f"{record.number:>5} {record.status.value:<10} "
+        number = f"{record.number}{'*' if record.baseline else ''}"
+        print(f"{number:>5} {record.status.value:<10} "
               f"{(record.reason.value if record.reason else ''):<18} {score:>10} "
               f"{','.join(record.gpu_ids):<9} {ttft:>8} {tpot:>8} {tput:>9}  {params}")
 

@@ -19,21 +19,22 @@ from typing import Any
 
 import ray
 from ray import tune
-from ray.tune.search import BasicVariantGenerator
-from ray.tune.search.optuna import OptunaSearch
 
 from common.config import StudyConfig
 from common.params import world_size
 from common.results import FailureReason, TrialRecord, TrialStatus, utcnow
+from common.scoring import LevelVerdict, evaluate, failure_score, pareto_front, score
 from common.store import Store
+from manager.baseline import baseline_flags
 from manager.paths import StudyPaths
 from manager.preflight import preflight
 from manager.progress import ProgressPrinter
+from manager.search import SCORE, make_searcher, objective_metrics
 from manager.space import SearchPlan, build_plan, trial_flags
+from manager.warm_start import warm_start_points
 from worker.trial import TrialSpec, run_trial
 
 logger = logging.getLogger(__name__)
-METRIC = "score"
 
 
 @dataclass(frozen=True)
@@ -42,11 +43,31 @@ class StudyOutcome:
     trials: list[TrialRecord]
     wall_s: float
     interrupted: bool
+    pareto_front: list[int] | None = None
 
     @property
     def best(self) -> TrialRecord | None:
-        done = [t for t in self.trials if t.status is TrialStatus.SUCCEEDED]
-        return max(done, key=lambda t: t.score or float("-inf")) if done else None
+        return best_trial(self.trials)
+
+    @property
+    def baseline(self) -> TrialRecord | None:
+        return next((t for t in self.trials if t.baseline), None)
+
+
+def best_trial(trials: list[TrialRecord]) -> TrialRecord | None:
+    """The succeeded trial with the highest score (the baseline included)."""
+    done = [t for t in trials if t.status is TrialStatus.SUCCEEDED]
+    return max(done, key=lambda t: t.score or float("-inf")) if done else None
+
+
+def study_pareto_front(study: StudyConfig, trials: list[TrialRecord]) -> list[int] | None:
+    """Numbers of the succeeded trials no other succeeded trial dominates (multi-objective
+    studies; None otherwise)."""
+    if not study.objective.multi:
+        return None
+    points = [(t.number, t.objective_values) for t in trials
+              if t.status is TrialStatus.SUCCEEDED and t.objective_values]
+    return pareto_front(points, [term.maximize for term in study.objective.terms])
 
 
 def cluster_max_node_gpus(study: StudyConfig) -> int:
@@ -72,27 +93,44 @@ def run_study(study: StudyConfig, paths: StudyPaths) -> StudyOutcome:
             plan = build_plan(study, cluster_max_node_gpus(study))
         store.create_study(study.name, study.model_dump(mode="json"))
         _clean_containers(study, "before the study")
-        tuner = _tuner(study, plan, paths)
-        try:
-            tuner.fit()
-        except KeyboardInterrupt:
-            interrupted = True
-        # Tune ends a run on Ctrl-C without raising; trials it stopped never recorded an end.
-        cancelled = _cancel_unfinished(store, study.name)
+        warm = warm_start_points(study, plan, store)
+        baseline = _start_baseline(study, plan, paths)
+        tuner = _tuner(study, plan, paths, warm, first_number=1 if baseline else 0)
         planned = len(plan.grid_points) if plan.grid_points is not None else (
             study.search.max_trials)
+        try:
+            tuner.fit()
+            # Tune ends a run on Ctrl-C without raising: the search was cut short if a trial
+            # is still running in the store (stopped under it) or fewer than planned ran.
+            interrupted = _search_cut_short(store, study, planned)
+            if baseline is not None and not interrupted:
+                print(_baseline_result(baseline), flush=True)
+        except KeyboardInterrupt:
+            interrupted = True
+        if baseline is not None and interrupted:
+            ray.cancel(baseline, force=True)
+        # Trials stopped under Tune (and a cancelled baseline) never recorded an end.
+        cancelled = _cancel_unfinished(store, study.name)
+        interrupted = interrupted or bool(cancelled)
         trials = store.trials(study.name)
-        interrupted = interrupted or bool(cancelled) or (
-            len({t.number for t in trials}) < planned and study.search.time_budget_s is None)
-        outcome = StudyOutcome(study.name, trials, time.monotonic() - started, interrupted)
+        front = study_pareto_front(study, trials)
+        outcome = StudyOutcome(study.name, trials, time.monotonic() - started, interrupted,
+                               front)
         best = outcome.best
         store.finish_study(study.name, "cancelled" if interrupted else "succeeded",
-                           best.number if best else None)
+                           best.number if best else None, front)
         _clean_containers(study, "after the study")
         return outcome
     finally:
         store.close()
         ray.shutdown()
+
+
+def _search_cut_short(store: Store, study: StudyConfig, planned: int) -> bool:
+    trials = [t for t in store.trials(study.name) if not t.baseline]
+    if any(t.status is TrialStatus.RUNNING for t in trials):
+        return True
+    return len({t.number for t in trials}) < planned and study.search.time_budget_s is None
 
 
 def _cancel_unfinished(store: Store, study: str) -> list[TrialRecord]:
@@ -145,7 +183,8 @@ def _short_temp_dir() -> str:
     return root
 
 
-def _tuner(study: StudyConfig, plan: SearchPlan, paths: StudyPaths) -> tune.Tuner:
+def _tuner(study: StudyConfig, plan: SearchPlan, paths: StudyPaths,
+           warm: list[tuple[dict[str, Any], float]], first_number: int = 0) -> tune.Tuner:
     trainable = tune.with_parameters(
         servetune_trial, study_json=study.model_dump(mode="json"),
         plan=plan, results_dir=str(paths.results_dir), database_url=paths.database_url)
@@ -156,41 +195,70 @@ def _tuner(study: StudyConfig, plan: SearchPlan, paths: StudyPaths) -> tune.Tune
         gpus = world_size(engine, trial_flags(study, plan, config))
         return tune.PlacementGroupFactory([{"CPU": cpus, "GPU": gpus}])
 
-    search = study.search
-    if plan.grid_points is not None:
-        searcher: Any = BasicVariantGenerator(points_to_evaluate=plan.grid_points,
-                                              max_concurrent=search.max_concurrent_trials)
-        num_samples = len(plan.grid_points)
-        # The points are given explicitly; Tune still wants each key declared in the space.
-        param_space: dict[str, Any] = {
-            key: tune.choice(sorted({p[key] for p in plan.grid_points}, key=str))
-            for key in plan.grid_points[0]}
-    elif search.algorithm == "random":
-        searcher = BasicVariantGenerator(random_state=search.seed,
-                                         max_concurrent=search.max_concurrent_trials)
-        num_samples, param_space = search.max_trials, plan.param_space
-    else:
-        import optuna
-
-        sampler = optuna.samplers.TPESampler(seed=search.seed,
-                                             n_startup_trials=search.startup_trials)
-        searcher = OptunaSearch(metric=METRIC, mode="max", sampler=sampler)
-        num_samples, param_space = search.max_trials, plan.param_space
+    setup = make_searcher(study, plan, warm)
     name = study.name
     return tune.Tuner(
         tune.with_resources(trainable, resources),
-        param_space=param_space,
+        param_space=setup.param_space,
         tune_config=tune.TuneConfig(
-            search_alg=searcher, num_samples=num_samples, metric=METRIC, mode="max",
-            max_concurrent_trials=search.max_concurrent_trials,
-            time_budget_s=search.time_budget_s,
-            trial_name_creator=TrialNamer(name),
+            search_alg=setup.searcher, num_samples=setup.num_samples, metric=setup.metric,
+            mode=setup.mode, max_concurrent_trials=study.search.max_concurrent_trials,
+            time_budget_s=study.search.time_budget_s,
+            trial_name_creator=TrialNamer(name, first_number),
             trial_dirname_creator=lambda t: t.custom_trial_name),
         run_config=tune.RunConfig(
             name=name, storage_path=str(paths.results_dir / "ray"), verbose=0,
-            callbacks=[ProgressPrinter(name, num_samples)],
+            callbacks=[ProgressPrinter(name, setup.num_samples)],
             failure_config=tune.FailureConfig(max_failures=2)),
     )
+
+
+def _start_baseline(study: StudyConfig, plan: SearchPlan,
+                    paths: StudyPaths) -> ray.ObjectRef | None:
+    """Submit the baseline trial (number 0) as a Ray task holding its GPUs, before the
+    search's trials; None when the study has none."""
+    flags = baseline_flags(study, plan)
+    if flags is None:
+        return None
+    gpus = world_size(study.engine.name, flags)
+    print(f"baseline (trial 0) on {gpus} GPU(s): engine defaults"
+          f"{' with ' + _label(flags, study) if _label(flags, study) else ''}", flush=True)
+    task = ray.remote(num_gpus=gpus, num_cpus=study.cluster.cpus_per_trial, max_retries=0)(
+        _baseline_task)
+    return task.options(name=f"{study.name}-baseline").remote(
+        study.model_dump(mode="json"), flags, str(paths.results_dir), paths.database_url)
+
+
+def _baseline_result(baseline: ray.ObjectRef) -> str:
+    """The baseline's line; an infrastructure failure of it (recorded in the store as
+    ``infra_error``) is reported, not raised: the study's own trials are done by now."""
+    try:
+        return str(ray.get(baseline))
+    except ray.exceptions.RayError as e:
+        cause = getattr(e, "cause", None) or e
+        return f"baseline (trial 0) failed on the platform: {str(cause).splitlines()[0]}"
+
+
+def _label(flags: dict[str, Any], study: StudyConfig) -> str:
+    return ", ".join(f"{k}={v}" for k, v in flags.items() if k not in study.fixed_flags)
+
+
+def _baseline_task(study_json: dict[str, Any], flags: dict[str, Any], results_dir: str,
+                   database_url: str) -> str:
+    """Run the baseline trial in a Ray task holding its GPUs; returns a line about it."""
+    study = StudyConfig.model_validate(study_json)
+    gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    spec = _spec(study, 0, f"{study.name}-baseline", flags, gpu_ids, results_dir,
+                 baseline=True)
+    store = Store.open(database_url)
+    try:
+        record = run_trial(spec, store)
+    finally:
+        store.close()
+    outcome = (f"objective {record.objective_value:.4g}" if record.objective_value is not None
+               and record.status is TrialStatus.SUCCEEDED
+               else f"failed ({record.reason.value if record.reason else '?'})")
+    return f"baseline (trial 0): {outcome}"
 
 
 class TrialNamer:
@@ -218,15 +286,44 @@ def _number(trial_name: str) -> int:
 
 def servetune_trial(config: dict[str, Any], *, study_json: dict[str, Any], plan: SearchPlan,
                     results_dir: str, database_url: str) -> None:
-    """The Tune trainable: runs in the trial's actor, on the GPUs Ray reserved for it."""
+    """The Tune trainable: runs in the trial's actor, on the GPUs Ray reserved for it.
+
+    With levels run one at a time, each level is reported to Tune as it ends (``final``
+    false, the score of the levels so far); the last report is the trial's result."""
     study = StudyConfig.model_validate(study_json)
     context = tune.get_context()
-    trial_id = context.get_trial_id()
     number = _number(context.get_trial_name())
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
-    flags = trial_flags(study, plan, config)
+    spec = _spec(study, number, context.get_trial_id(), trial_flags(study, plan, config),
+                 gpu_ids, results_dir)
+    metrics, _ = objective_metrics(study)
+
+    def on_level(record: TrialRecord, verdict: LevelVerdict) -> None:
+        partial = evaluate(study.objective, record.levels, len(gpu_ids))
+        value = (score(study.objective, partial.values[0]) if partial.values is not None
+                 else failure_score(study.objective, FailureReason.SLO_VIOLATED, 0.0,
+                                    partial.least_violation))
+        tune.report({SCORE: value, "final": False, "concurrency": verdict.concurrency,
+                     "level_compliant": verdict.compliant})
+
+    store = Store.open(database_url)
+    try:
+        record = run_trial(spec, store, on_level if not study.objective.multi else None)
+    finally:
+        store.close()
+    result: dict[str, Any] = {
+        SCORE: record.score, "objective": record.objective_value, "final": True,
+        "status": record.status.value, "reason": record.reason.value if record.reason else "",
+        "gpus": len(gpu_ids), "gpu_ids": ",".join(gpu_ids)}
+    if study.objective.multi:
+        result.update(zip(metrics, record.objective_values or [], strict=False))
+    tune.report(result)
+
+
+def _spec(study: StudyConfig, number: int, trial_id: str, flags: dict[str, Any],
+          gpu_ids: list[str], results_dir: str, baseline: bool = False) -> TrialSpec:
     params = {k: v for k, v in flags.items() if k not in study.fixed_flags}
-    spec = TrialSpec(
+    return TrialSpec(
         study=study.name, number=number, trial_id=trial_id, engine=study.engine.name,
         simulated=study.engine.simulated, model=study.model.name,
         served_name=study.model.served, tokenizer=study.model.tokenizer, flags=flags,
@@ -234,18 +331,10 @@ def servetune_trial(config: dict[str, Any], *, study_json: dict[str, Any], plan:
         benchmark=study.benchmark, objective=study.objective,
         work_dir=Path(results_dir) / study.name / f"trial-{number:04d}",
         launcher=study.launcher.kind, launcher_command=study.launcher.command,
-        env=dict(study.launcher.env),
+        env=dict(study.launcher.env), baseline=baseline, early_stop=study.search.early_stop,
+        engine_version=study.engine.version,
         docker=(study.launcher.model_dump(mode="json") if study.launcher.kind == "docker"
                 else None))
-    store = Store.open(database_url)
-    try:
-        record = run_trial(spec, store)
-    finally:
-        store.close()
-    tune.report({METRIC: record.score, "objective": record.objective_value,
-                 "status": record.status.value,
-                 "reason": record.reason.value if record.reason else "",
-                 "gpus": len(gpu_ids), "gpu_ids": ",".join(gpu_ids)})
 
 
 def _node_name() -> str:

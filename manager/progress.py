@@ -29,6 +29,11 @@ class ProgressPrinter(Callback):
 
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any,
                         result: dict[str, Any], **info: Any) -> None:
+        if result.get("final") is False:  # one benchmark level of a running trial
+            verdict = "met the SLOs" if result.get("level_compliant") else (
+                "failed the SLOs: higher levels skipped")
+            self._line(f"{trial} concurrency {result.get('concurrency')} {verdict}")
+            return
         self.running.discard(trial.trial_id)
         status = result.get("status", "?")
         score = result.get("score")

@@ -2,34 +2,48 @@
 
 ``run_trial`` is called inside the trial's Ray actor with the GPU ids Ray assigned; it never
 raises for a failure of the config or the engine (those become a failed ``TrialRecord`` with a
-reason class the searcher learns from); only infrastructure errors (the store unreachable)
-propagate. The engine is always torn down before it returns. Each phase is timed.
+reason class the searcher learns from); infrastructure errors (the store unreachable, a busy
+GPU, an image pull past its deadline) are recorded with reason ``infra_error`` where the store
+can take it, and propagate so Ray retries the trial. The engine is always torn down before it
+returns. Each phase is timed.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.benchmark import LevelMetrics
 from common.config import BenchmarkSection, ObjectiveSection
-from common.errors import TrialError
+from common.errors import InfraError, TrialError
 from common.params import to_argv
 from common.results import FailureReason, TrialRecord, TrialStatus, utcnow
-from common.scoring import failure_score, objective_value, score
+from common.scoring import (
+    LevelVerdict,
+    evaluate,
+    failure_score,
+    failure_values,
+    judge_level,
+    score,
+    stops_early,
+)
 from common.store import Store
 from worker.benchmark.genai_bench import GenaiBenchError, GenaiBenchRun
 from worker.benchmark.genai_bench import run as run_genai_bench
 from worker.engines import get_engine
+from worker.gpus import GpuCheck
 from worker.launchers import get_launcher
-from worker.launchers.base import DeploymentSpec, Launcher
+from worker.launchers.base import Deployment, DeploymentSpec, Launcher
 from worker.launchers.process import free_port
 from worker.sim.tokens import DEFAULT_TOKENIZER_DIR
 
 logger = logging.getLogger(__name__)
 LOG_EXCERPT_LINES = 40
+LevelCallback = Callable[[TrialRecord, LevelVerdict], None]
 
 
 @dataclass(frozen=True)
@@ -56,16 +70,26 @@ class TrialSpec:
     launcher_command: list[str] | None = None
     env: dict[str, str] = field(default_factory=dict)
     attempt: int = 0
+    # The engine release the flags are spelled for (None: the newest registry checked in).
+    engine_version: str | None = None
+    baseline: bool = False
+    # Run levels one at a time and stop at the first that fails a hard SLO.
+    early_stop: bool = True
     # Docker launcher settings (LauncherSection fields: image, pull, gpu_mode, ...).
     docker: dict[str, Any] | None = None
 
 
-def run_trial(spec: TrialSpec, store: Store) -> TrialRecord:
-    """Deploy, benchmark, score and store one trial; returns its terminal record."""
+def run_trial(spec: TrialSpec, store: Store,
+              on_level: LevelCallback | None = None) -> TrialRecord:
+    """Deploy, benchmark, score and store one trial; returns its terminal record.
+
+    ``on_level`` is called after each benchmark level when levels run one at a time (early
+    stopping), with the record so far and the verdict of that level.
+    """
     spec.work_dir.mkdir(parents=True, exist_ok=True)
     record = TrialRecord(study=spec.study, number=spec.number, attempt=spec.attempt,
                          trial_id=spec.trial_id, params=spec.params, gpu_ids=list(spec.gpu_ids),
-                         node=spec.node)
+                         node=spec.node, baseline=spec.baseline)
     # In a container the engine runs on the image's interpreter, not this node's venv (except
     # the registry-free simulator image, which mounts this node's installation).
     python = {"python": "python3"} if spec.docker and not _mounts_host_python(spec) else {}
@@ -77,7 +101,8 @@ def run_trial(spec: TrialSpec, store: Store) -> TrialRecord:
     # side publishes it on 127.0.0.1:port.
     listen_host, listen_port = (("0.0.0.0", int(spec.docker["container_port"]))
                                 if spec.docker is not None else (host, port))
-    argv = engine.command(spec.model, to_argv(spec.engine, spec.flags), listen_host,
+    argv = engine.command(spec.model, to_argv(spec.engine, spec.flags,
+                                              version=spec.engine_version), listen_host,
                           listen_port, spec.served_name)
     if spec.launcher_command:
         argv = [*spec.launcher_command, *argv[executable_length(argv, spec.model):]]
@@ -96,21 +121,25 @@ def run_trial(spec: TrialSpec, store: Store) -> TrialRecord:
     started = time.monotonic()
     try:
         with launcher.launch(deployment_spec) as deployment:
+            timings.update(deployment.phase_timings_s)  # docker: pull_s, apart from startup
             deployment.wait_ready(spec.benchmark.timeouts.startup_s)
-            timings["startup_s"] = time.monotonic() - started
+            timings["startup_s"] = time.monotonic() - started - timings.get("pull_s", 0.0)
             bench_started = time.monotonic()
-            outcome = run_genai_bench(_bench_run(spec, deployment.url))
+            crashed = _benchmark(spec, deployment, record, on_level)
             timings["benchmark_s"] = time.monotonic() - bench_started
-            record.levels = outcome.levels
-            if deployment.returncode() is not None:
-                raise _EngineDiedDuringBenchmark(deployment.returncode(), deployment.log_tail())
             teardown_started = time.monotonic()
         timings["teardown_s"] = time.monotonic() - teardown_started
-        _succeed(record, spec)
+        _conclude(record, spec, crashed)
     except TrialError as e:
-        _fail(record, spec, _reason(e), str(e), getattr(e, "log_tail", ""))
+        reason = _reason(e)
+        _fail(record, spec, reason, str(e), getattr(e, "log_tail", ""))
+        if reason.retryable:  # the platform's fault (a busy GPU): retried, not learnt from
+            raise
     except GenaiBenchError as e:
         _fail(record, spec, FailureReason.BENCHMARK_ERROR, str(e), e.log_tail)
+    except InfraError as e:  # e.g. an image pull past its deadline: recorded, then retried
+        _fail(record, spec, FailureReason.INFRA_ERROR, str(e), "")
+        raise
     finally:
         timings.setdefault("total_s", time.monotonic() - started)
         if record.status is TrialStatus.RUNNING:  # interrupted: nothing else got to record it
@@ -130,8 +159,10 @@ def _mounts_host_python(spec: TrialSpec) -> bool:
 
 
 def _launcher(spec: TrialSpec) -> Launcher:
+    # The simulated engine's GPU ids are Ray's logical ids, not devices: nothing to check.
+    gpu_check = GpuCheck.disabled() if spec.simulated else None  # None: the node's settings
     if spec.docker is None:
-        return get_launcher(spec.launcher)
+        return get_launcher(spec.launcher, gpu_check=gpu_check)
     from worker.launchers.docker import DockerOptions
     from worker.sim.image import sim_volumes
 
@@ -144,51 +175,129 @@ def _launcher(spec: TrialSpec) -> Launcher:
         volumes.extend(sim_volumes())
     options = DockerOptions(
         image=d["image"], pull=d.get("pull", "if_missing"),
+        pull_timeout_s=spec.benchmark.timeouts.pull_s,
         gpu_mode=d.get("gpu_mode", "device_requests"),
         container_port=int(d.get("container_port", 8000)), ipc_host=d.get("ipc_host", True),
         shm_size=d.get("shm_size"), volumes=tuple(volumes),
         pass_env=tuple(d.get("pass_env") or ()))
-    return get_launcher("docker", options=options)
+    return get_launcher("docker", options=options, gpu_check=gpu_check)
 
 
-class _EngineDiedDuringBenchmark(TrialError):
-    reason = FailureReason.ENGINE_CRASH
+def _benchmark(spec: TrialSpec, deployment: Deployment, record: TrialRecord,
+               on_level: LevelCallback | None) -> bool:
+    """Benchmark the deployment into ``record.levels``; True if the engine died meanwhile.
 
-    def __init__(self, code: int | None, log_tail: str) -> None:
-        super().__init__(f"the engine exited with {code} during the benchmark")
-        self.log_tail = log_tail
+    With early stopping and SLOs that can fail a level, each scenario is one genai-bench run
+    whose levels (in increasing concurrency) are judged as they finish; the run is stopped
+    at the first level that fails, its higher levels skipped and the time they would have
+    taken recorded. Otherwise one run covers every level.
+    """
+    b = spec.benchmark
+    if not (spec.early_stop and _levels_can_fail(spec.objective) and _num_levels(b) > 1):
+        record.levels = run_genai_bench(_bench_run(spec, deployment.url)).levels
+        return deployment.returncode() is not None
+    skipped = 0
+    for index, scenario in enumerate(b.scenarios):
+        if deployment.returncode() is not None:
+            return True
+
+        def judge(level: LevelMetrics) -> bool:
+            verdict = judge_level(level, spec.objective.slos, spec.objective.max_error_rate)
+            record.levels = [*record.levels, level]
+            if on_level is not None:
+                on_level(record, verdict)
+            return stops_early(verdict)
+
+        run = _bench_run(spec, deployment.url, (scenario,), tuple(b.concurrency),
+                         spec.work_dir / f"bench-{index}" if len(b.scenarios) > 1 else None)
+        try:
+            outcome = run_genai_bench(run, on_level=judge)
+        except GenaiBenchError:
+            if deployment.returncode() is not None or record.levels:
+                return deployment.returncode() is not None
+            raise
+        if outcome.stopped_early:
+            ran = [lv for lv in outcome.levels if lv.concurrency > 0]
+            skipped_here = len(b.concurrency) - len(ran)
+            skipped += skipped_here
+            mean_level_s = sum(lv.duration_s for lv in ran) / max(len(ran), 1)
+            record.phase_timings_s["early_stop_saved_s"] = (
+                record.phase_timings_s.get("early_stop_saved_s", 0.0)
+                + skipped_here * mean_level_s)
+    if skipped:
+        record.phase_timings_s["levels_skipped"] = float(skipped)
+        logger.info("study %s trial %d: early stop skipped %d level(s)", spec.study,
+                    spec.number, skipped)
+    return deployment.returncode() is not None
 
 
-def _bench_run(spec: TrialSpec, url: str) -> GenaiBenchRun:
+def _levels_can_fail(objective: ObjectiveSection) -> bool:
+    """Whether some SLO can fail a level (a hard SLO, or a soft one with a fail ratio)."""
+    return any(slo.kind == "hard" or slo.fail_ratio is not None for slo in objective.slos)
+
+
+def _num_levels(benchmark: BenchmarkSection) -> int:
+    return len(benchmark.scenarios) * len(benchmark.concurrency)
+
+
+def _bench_run(spec: TrialSpec, url: str, scenarios: tuple[str, ...] | None = None,
+               concurrencies: tuple[int, ...] | None = None,
+               output_dir: Path | None = None) -> GenaiBenchRun:
     b = spec.benchmark
     tokenizer = (str(DEFAULT_TOKENIZER_DIR) if spec.simulated and not spec.tokenizer
                  else spec.tokenizer or spec.model)
     backend = b.api_backend or (spec.engine if spec.engine in ("vllm", "sglang") else "openai")
     return GenaiBenchRun(
         api_base=url, served_model_name=spec.served_name, tokenizer_dir=Path(tokenizer),
-        scenarios=tuple(b.scenarios), concurrencies=tuple(b.concurrency),
+        scenarios=scenarios or tuple(b.scenarios),
+        concurrencies=concurrencies or tuple(b.concurrency),
         max_requests_per_run=b.requests_per_level, max_time_per_run_s=b.seconds_per_level,
-        output_dir=spec.work_dir, api_backend=backend, warmup_ratio=b.warmup_ratio)
+        output_dir=output_dir or spec.work_dir, api_backend=backend,
+        warmup_ratio=b.warmup_ratio)
 
 
-def _succeed(record: TrialRecord, spec: TrialSpec) -> None:
-    value = objective_value(spec.objective, record.levels, len(spec.gpu_ids))
-    if value is None:
+def _conclude(record: TrialRecord, spec: TrialSpec, crashed: bool) -> None:
+    """Score a benchmarked trial: succeeded on its compliant levels, else failed as
+    ``slo_violated`` (graded by how close it came), ``engine_crash`` or ``benchmark_error``."""
+    evaluation = evaluate(spec.objective, record.levels, len(spec.gpu_ids))
+    record.slo = evaluation.slo_report() if spec.objective.slos else None
+    crash_note = "the engine exited during the benchmark" if crashed else ""
+    if evaluation.values is not None:
+        record.status = TrialStatus.SUCCEEDED
+        record.objective_values = list(evaluation.values)
+        record.objective_value = evaluation.values[0]
+        record.score = score(spec.objective, evaluation.values[0])
+        record.message = crash_note and f"{crash_note}; scored on the levels before it"
+        return
+    progress = _progress(spec, record)
+    completed = [level for level in record.levels if level.num_completed > 0]
+    if crashed:
+        _fail(record, spec, FailureReason.ENGINE_CRASH, crash_note, "", progress)
+    elif not completed:
         errors = sum(level.num_errors for level in record.levels)
         _fail(record, spec, FailureReason.BENCHMARK_ERROR,
-              f"no level completed a request ({errors} errors)", "")
-        return
-    record.status = TrialStatus.SUCCEEDED
-    record.objective_value = value
-    record.score = score(spec.objective, value)
+              f"no level completed a request ({errors} errors)", "", progress)
+    else:
+        worst = evaluation.worst_violation
+        failed = sorted({name for v in evaluation.verdicts for name in v.failed})
+        _fail(record, spec, FailureReason.SLO_VIOLATED,
+              f"no level met the SLOs (failed: {', '.join(failed)}; worst violation "
+              f"{worst:.0%})", "", progress, evaluation.least_violation)
+
+
+def _progress(spec: TrialSpec, record: TrialRecord) -> float:
+    """The share of planned benchmark levels that completed requests."""
+    done = sum(1 for level in record.levels if level.num_completed > 0)
+    return done / max(_num_levels(spec.benchmark), 1)
 
 
 def _fail(record: TrialRecord, spec: TrialSpec, reason: FailureReason, message: str,
-          log_tail: str) -> None:
+          log_tail: str, progress: float = 0.0, violation: float = 0.0) -> None:
     record.status = TrialStatus.FAILED
     record.reason = reason
     record.message = message
-    record.score = failure_score(spec.objective, reason)
+    record.score = failure_score(spec.objective, reason, progress, violation)
+    record.objective_values = list(failure_values(spec.objective, reason, progress, violation))
     if log_tail:
         record.log_excerpt = "\n".join(log_tail.splitlines()[-LOG_EXCERPT_LINES:])
     logger.info("study %s trial %d failed (%s): %s", spec.study, spec.number, reason.value,

@@ -49,6 +49,10 @@ def record_to_values(record: TrialRecord, study_id: int) -> dict[str, Any]:
         "message": _storable_text(record.message),
         "score": _float_or_null(record.score),
         "objective_value": _float_or_null(record.objective_value),
+        "objective_values": (None if record.objective_values is None
+                             else [_float_or_null(v) for v in record.objective_values]),
+        "slo": record.slo,
+        "baseline": record.baseline,
         "phase_timings": dict(record.phase_timings_s),
         "started_at": _require_aware(record.started_at, "started_at"),
         "finished_at": (_require_aware(record.finished_at, "finished_at")
@@ -95,6 +99,10 @@ def row_to_record(row: TrialRow, study: str) -> TrialRecord:
         message=row.message,
         score=row.score,
         objective_value=row.objective_value,
+        objective_values=(None if row.objective_values is None
+                          else [_nan_if_null(v) for v in row.objective_values]),
+        slo=row.slo,
+        baseline=bool(row.baseline),
         phase_timings_s=dict(row.phase_timings),
         started_at=row.started_at,
         finished_at=row.finished_at,
@@ -132,6 +140,7 @@ def row_to_study_info(row: StudyRow, trial_counts: Mapping[TrialStatus, int]) ->
         created_at=row.created_at,
         finished_at=row.finished_at,
         best_trial_number=row.best_trial_number,
+        pareto_front=list(row.pareto_front) if row.pareto_front is not None else None,
         trial_counts={status: trial_counts.get(status, 0) for status in TrialStatus},
     )
 

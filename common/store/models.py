@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     CheckConstraint,
     DateTime,
     Dialect,
@@ -27,6 +28,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -96,6 +98,8 @@ class StudyRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     best_trial_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Multi-objective studies: the numbers of the trials on the Pareto front (else NULL).
+    pareto_front: Mapped[list[int] | None] = mapped_column(JSONType, nullable=True)
 
     trials: Mapped[list[TrialRow]] = relationship(
         back_populates="study", cascade="all, delete-orphan", passive_deletes=True)
@@ -124,6 +128,9 @@ class TrialRow(Base):
     message: Mapped[str] = mapped_column(Text)
     score: Mapped[float | None]
     objective_value: Mapped[float | None]
+    objective_values: Mapped[list[float] | None] = mapped_column(JSONType, nullable=True)
+    slo: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    baseline: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     phase_timings: Mapped[dict[str, float]] = mapped_column(JSONType)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

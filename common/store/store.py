@@ -131,8 +131,10 @@ class Store:
                            "(use a new study name to run another config)", name)
 
     def finish_study(self, name: str, status: str | StudyStatus,
-                     best_trial_number: int | None) -> None:
-        """Mark study ``name`` ended with a terminal ``status`` now, and record its best trial.
+                     best_trial_number: int | None,
+                     pareto_front: Sequence[int] | None = None) -> None:
+        """Mark study ``name`` ended with a terminal ``status`` now, and record its best trial
+        and, for a multi-objective study, the trial numbers on its Pareto front.
 
         Raises ``ValueError`` for ``running`` or an unknown status, ``LookupError`` when the
         study does not exist. Calling it again overwrites status, time and best trial.
@@ -148,6 +150,7 @@ class Store:
             row.status = terminal.value
             row.finished_at = utcnow()
             row.best_trial_number = best_trial_number
+            row.pareto_front = list(pareto_front) if pareto_front is not None else None
 
     def save_trial(self, record: TrialRecord) -> None:
         """Insert or update the attempt ``(record.study, record.number, record.attempt)``.

@@ -37,6 +37,7 @@ class StudyInfo:
     finished_at: datetime | None
     best_trial_number: int | None
     trial_counts: dict[TrialStatus, int]
+    pareto_front: list[int] | None = None
 
     @property
     def num_trials(self) -> int:

@@ -38,7 +38,8 @@ def test_concurrent_trials_of_1_2_and_4_gpus_never_share_a_gpu(tmp_path: Path) -
     study = small_study("isolation", {"tp-size": [1, 2, 4], "dp-size": [1],
                                       "chunked-prefill-size": [2048, 4096, 8192]},
                         search={"algorithm": "tpe", "max_trials": 8,
-                                "max_concurrent_trials": 4, "startup_trials": 8})
+                                "max_concurrent_trials": 4, "startup_trials": 8,
+                                "baseline": False})
     outcome = run_study(study, StudyPaths.resolve(study, tmp_path))
     trials = outcome.trials
     assert len(trials) == 8
@@ -75,7 +76,7 @@ def test_engine_oom_at_startup_is_stored_as_infeasible_and_the_study_goes_on(
         "name": "oom", "model": {"name": "meta-llama/Llama-3.1-70B-Instruct"},
         "engine": {"name": "sglang", "simulated": True},
         "search_space": {"tp-size": [1, 4]}, "fixed_flags": {"mem-fraction-static": 0.88},
-        "search": {"algorithm": "grid", "max_concurrent_trials": 2},
+        "search": {"algorithm": "grid", "max_concurrent_trials": 2, "baseline": False},
         "benchmark": SMALL_BENCHMARK, "cluster": {"gpus_per_node": 8, "dashboard": False}})
     paths = StudyPaths.resolve(study, tmp_path)
     outcome = run_study(study, paths)
@@ -95,8 +96,9 @@ def test_engine_oom_at_startup_is_stored_as_infeasible_and_the_study_goes_on(
 
 
 def test_cli_run_prints_the_winner_and_trials_lists_the_database(tmp_path: Path) -> None:
-    """`servetune run` ends with the best trial and its native launch command;
-    `servetune trials` reads the same study back from the database."""
+    """`servetune run` ends with the best trial, its gain over the baseline (trial 0, the
+    engine's defaults) and its native launch command; `servetune trials` reads the same
+    study back from the database, the baseline marked."""
     study_file = tmp_path / "cli.yaml"
     study_file.write_text(
         "name: cli\nmodel: {name: meta-llama/Llama-3.1-8B-Instruct}\n"
@@ -109,12 +111,14 @@ def test_cli_run_prints_the_winner_and_trials_lists_the_database(tmp_path: Path)
                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "launch it with:" in run.stdout and "vllm serve" in run.stdout
+    assert "gain over the baseline (trial 0, engine defaults): " in run.stdout
     db = f"sqlite:///{tmp_path / 'servetune-results' / 'servetune.db'}"
     listed = subprocess.run([sys.executable, "-m", "manager.cli", "trials", "cli",
                              "--database-url", db], cwd=REPO, capture_output=True, text=True,
                             timeout=120)
     assert listed.returncode == 0, listed.stderr
-    assert listed.stdout.count("succeeded") == 2
+    assert listed.stdout.count("succeeded") == 3
+    assert "   0* succeeded" in listed.stdout
 
 
 def _processes_labelled(study: str) -> list[int]:

@@ -29,6 +29,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,40 +118,93 @@ class GenaiBenchOutcome:
     returncode: int
     wall_s: float
     log_tail: str
+    stopped_early: bool = False
 
 
-def run(spec: GenaiBenchRun, timeout_s: float | None = None) -> GenaiBenchOutcome:
-    """Run genai-bench to completion (or kill it at the deadline) and parse what it wrote."""
+# How often a watched run's folder is checked for a finished level.
+WATCH_INTERVAL_S = 0.25
+LevelWatcher = Callable[[LevelMetrics], bool]
+
+
+def run(spec: GenaiBenchRun, timeout_s: float | None = None,
+        on_level: LevelWatcher | None = None) -> GenaiBenchOutcome:
+    """Run genai-bench to completion (or kill it at the deadline) and parse what it wrote.
+
+    ``on_level`` sees each level as soon as genai-bench writes its result file (it writes one
+    per level as the level ends, in the order of the levels); returning True stops the run
+    there: genai-bench is killed and the outcome holds the levels up to that one, so
+    stopping early costs no extra genai-bench start-up.
+    """
     spec.output_dir.mkdir(parents=True, exist_ok=True)
     log_path = spec.output_dir / "genai-bench.out"
     env = dict(os.environ, **OFFLINE_ENV, **spec.extra_env)
     started = time.monotonic()
+    deadline = started + (timeout_s or spec.deadline_s())
+    stopped = False
+    seen: dict[Path, LevelMetrics] = {}
     with log_path.open("w") as log:
         proc = subprocess.Popen(spec.command(), stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, env=env, cwd=spec.output_dir,
                                 start_new_session=True, preexec_fn=kill_with_parent)
         try:
-            returncode = proc.wait(timeout=timeout_s or spec.deadline_s())
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            returncode = -signal.SIGKILL
+            returncode = None
+            while returncode is None:
+                try:
+                    returncode = proc.wait(timeout=WATCH_INTERVAL_S if on_level else max(
+                        deadline - time.monotonic(), 0.0))
+                except subprocess.TimeoutExpired:
+                    if on_level is not None and _watch(spec.folder, seen, on_level):
+                        stopped = True
+                        _kill_group(proc)
+                        returncode = proc.returncode
+                    elif time.monotonic() >= deadline:
+                        _kill_group(proc)
+                        returncode = -signal.SIGKILL
         except BaseException:
             _kill_group(proc)
             raise
     wall = time.monotonic() - started
     tail = _tail(log_path)
-    levels = parse_results(spec.folder) if spec.folder.exists() else []
+    if stopped:
+        levels = list(seen.values())
+    else:
+        levels = parse_results(spec.folder) if spec.folder.exists() else []
+        if on_level is not None:  # levels written after the last look
+            watched = {(lv.scenario, lv.concurrency) for lv in seen.values()}
+            for level in levels:
+                if (level.scenario, level.concurrency) not in watched:
+                    on_level(level)
     if not levels:
         raise GenaiBenchError(
             f"genai-bench exited with {returncode} after {wall:.1f} s and wrote no result",
             tail)
-    return GenaiBenchOutcome(levels, returncode, wall, tail)
+    return GenaiBenchOutcome(levels, returncode, wall, tail, stopped)
+
+
+def _watch(folder: Path, seen: dict[Path, LevelMetrics], on_level: LevelWatcher) -> bool:
+    """Hand each newly finished level to ``on_level``; True if it asks to stop."""
+    if not folder.exists():
+        return False
+    for path in sorted(_result_files(folder), key=lambda p: p.stat().st_mtime):
+        if path in seen:
+            continue
+        try:
+            level = parse_result_file(path)
+        except (ValueError, KeyError, OSError):
+            continue  # still being written: read it at the next look
+        seen[path] = level
+        if on_level(level):
+            return True
+    return False
+
+
+def _result_files(folder: Path) -> list[Path]:
+    return [path for path in folder.glob("*_time_*s.json") if not path.name.startswith("debug")]
 
 
 def parse_results(folder: Path) -> list[LevelMetrics]:
     """Every per-level result file in ``folder``, ordered by scenario then concurrency."""
-    levels = [parse_result_file(path)
-              for path in folder.glob("*_time_*s.json") if not path.name.startswith("debug")]
+    levels = [parse_result_file(path) for path in _result_files(folder)]
     return sorted(levels, key=lambda m: (m.scenario, m.concurrency))
 
 
