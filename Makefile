@@ -17,6 +17,7 @@ setup: $(STAMP)
 # The whole suite: unit tests and the integration tiers (real processes, genai-bench).
 test: setup
 	bash scripts/ensure-postgres.sh
+	bash scripts/ensure-chromium.sh
 	$(PY) -m ruff check .
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
