@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.processes import stop
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -67,13 +69,7 @@ def sim_process(args: list[str], tmp_path: Path, gpus: int | None = 1,
     try:
         yield SimProcess(proc, port, log)
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc)
 
 
 @pytest.fixture

@@ -122,3 +122,25 @@ def test_a_study_without_trials_exports_a_header_and_an_empty_array(client: Test
     assert client.get(f"/api/v1/studies/{name}/best").status_code == 404
     plots = client.get(f"/api/v1/studies/{name}/plots").json()
     assert plots["scores"] == [] and plots["importance_method"] == "none"
+
+
+def test_a_multi_objective_study_shows_its_pareto_front(client: TestClient,
+                                                        writer: Store) -> None:
+    """The study detail lists the stored Pareto front's trials with one value per
+    objective; the report data names the same trial numbers."""
+    name = _name("pareto")
+    config = {**CONFIG, "name": name, "objective": {
+        "metric": "output_throughput", "per_gpu": True,
+        "pareto_with": [{"metric": "ttft", "statistic": "p90"}]}}
+    writer.create_study(name, config)
+    values = {0: [900.0, 120.0], 1: [700.0, 60.0], 2: [600.0, 130.0]}
+    for number, objective_values in values.items():
+        writer.save_trial(_trial(name, number, status=TrialStatus.SUCCEEDED,
+                                 score=objective_values[0], objective_value=objective_values[0],
+                                 objective_values=objective_values, finished_at=utcnow()))
+    writer.finish_study(name, "succeeded", 0, pareto_front=[0, 1])
+    detail = client.get(f"/api/v1/studies/{name}").json()
+    front = {t["number"]: t["objective_values"] for t in detail["pareto_front"]}
+    assert front == {0: [900.0, 120.0], 1: [700.0, 60.0]}
+    plots = client.get(f"/api/v1/studies/{name}/plots").json()
+    assert sorted(plots["pareto_front"]) == [0, 1]

@@ -23,6 +23,7 @@ from common.store import Store
 from tests.conftest import free_port
 from tests.manager.api.cdp import INSTALL_HINT, Chromium, find_chromium
 from tests.manager.api.conftest import STUDY, TOKEN
+from tests.processes import stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[3]
@@ -57,12 +58,7 @@ def serve(database_url: str, token: str | None = None) -> Iterator[str]:
             time.sleep(0.1)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 @pytest.fixture(scope="module")
