@@ -147,15 +147,15 @@ def _trials(args: argparse.Namespace) -> int:
            or f"sqlite:///{Path('servetune-results/servetune.db').resolve()}")
     store = Store.open(url)
     try:
-        if store.study(args.name) is None:
+        info = store.study(args.name)
+        if info is None:
             raise ConfigError(f"no study named {args.name!r} in {_redact(url)}",
                               path="name", value=args.name)
-        info = store.study(args.name)
         records = store.trials(args.name)
     finally:
         store.close()
     _print_table(records, limit=None)
-    if info is not None and info.pareto_front is not None:
+    if info.pareto_front is not None:
         study = StudyConfig.model_validate(info.config)
         _print_pareto(study, records, info.pareto_front)
     return EXIT_OK

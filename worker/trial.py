@@ -217,7 +217,7 @@ def _benchmark(spec: TrialSpec, deployment: Deployment, record: TrialRecord,
                 return deployment.returncode() is not None
             raise
         if outcome.stopped_early:
-            ran = [lv for lv in outcome.levels if lv.concurrency > 0]
+            ran = outcome.levels
             skipped_here = len(b.concurrency) - len(ran)
             skipped += skipped_here
             mean_level_s = sum(lv.duration_s for lv in ran) / max(len(ran), 1)
