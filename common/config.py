@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import math
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,16 +24,36 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
 )
 
 from common.engine_flags import check_study_flags
 from common.errors import ConfigError
-from common.params import PARALLEL_FLAGS, RESERVED_FLAGS, normalize_flag, parallel_key
+from common.intent import (
+    Expansion,
+    ParallelSection,
+    QuantizationSection,
+    checkpoint_conflicts,
+    expand,
+    merge,
+)
+from common.params import (
+    PARALLEL_FLAGS,
+    RESERVED_FLAGS,
+    SWITCH_KEYS,
+    normalize_flag,
+    parallel_key,
+)
 from common.traffic import TrafficError, TrafficScenario
 
 FlagValue = bool | int | float | str
+logger = logging.getLogger(__name__)
+
+
+class IntentOverrideWarning(UserWarning):
+    """A native flag of the study overrides a flag its parallel/quantization section derives."""
 
 
 class _Section(BaseModel):
@@ -193,6 +215,10 @@ class TimeoutsSection(_Section):
     """Deadline for the engine to become ready (model load, compile, CUDA graphs)."""
     teardown_s: float = Field(default=30.0, gt=0)
     """Deadline for the engine to stop before it is killed."""
+    trial_s: float | None = Field(default=None, gt=0)
+    """Deadline for the whole trial, from deployment to teardown; a trial still running then
+    is torn down and fails as ``trial_timeout`` (not retried). Each phase gets what is left
+    of it. Default: no deadline besides the phases' own."""
     pull_s: float = Field(default=1800.0, gt=0)
     """Docker launcher: deadline for pulling an image the node does not have (``launcher.pull:
     if_missing``); a pull still running then fails the trial as an infrastructure error. Not
@@ -351,6 +377,14 @@ class ClusterSection(_Section):
     """GPU model: what the simulated engine simulates; recorded for real engines."""
     dashboard: bool = True
     """Local mode: start the Ray dashboard (http://127.0.0.1:8265)."""
+    trial_retries: int = Field(default=2, ge=0)
+    """How often a trial that failed for an infrastructure reason (node lost, actor died,
+    busy GPU, image pull past its deadline) is retried, on whichever node has room; every
+    attempt keeps its own row. Deterministic failures are never retried."""
+    unschedulable_after_s: float = Field(default=600.0, gt=0)
+    """A pending trial that no live node can hold (it needs more GPUs than the largest node
+    left, e.g. after a node was lost) fails as ``unschedulable`` after this long; set it
+    above the time an autoscaler takes to add a node."""
 
 
 class StorageSection(_Section):
@@ -371,10 +405,19 @@ class StudyConfig(_Section):
     """The inference engine and whether it is simulated."""
     launcher: LauncherSection = Field(default_factory=LauncherSection)
     """How each trial runs the engine."""
-    search_space: dict[str, SearchParam] = Field(min_length=1)
+    parallel: ParallelSection | None = None
+    """Parallelism by intent (tp, pp, dp, ep, dcp, cp, attn_dp, or a preset), mapped to the
+    engine's native flags (docs/engine-parameters.md); lists are searched jointly with the
+    native parallel flags. ``parallel: <preset>`` names a preset."""
+    quantization: QuantizationSection | None = None
+    """Weight, KV-cache, activation and MoE dtypes by intent (or a preset), mapped to the
+    engine's native flags; lists are searched. ``quantization: <preset>`` names a preset."""
+    search_space: dict[str, SearchParam] = Field(default_factory=dict)
     """Engine flags to search, by the engine's own names (leading dashes optional): a list
     (categorical) or {low, high, log, step} (numeric). Parallel sizes must be integers >= 1
-    and are searched jointly; host, port, model and served name are set by servetune."""
+    and are searched jointly; host, port, model and served name are set by servetune. Flags
+    the parallel and quantization sections derive are added here (lists) and to fixed_flags
+    (values); a flag given here wins over a derived one, with a warning."""
     fixed_flags: dict[str, FlagValue | list[FlagValue]] = Field(default_factory=dict)
     """Engine flags set the same way in every trial; a list value becomes the flag followed
     by each item."""
@@ -396,28 +439,98 @@ class StudyConfig(_Section):
             return {normalize_flag(str(k)): v for k, v in value.items()}
         return value
 
+    @field_validator("parallel", "quantization", mode="before")
+    @classmethod
+    def _preset_name(cls, value: Any) -> Any:
+        return {"preset": value} if isinstance(value, str) else value
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _intent(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> StudyConfig:
+        """Map the parallel and quantization sections to native flags, then validate the
+        study with them as if it had given them itself (same registry checks)."""
+        if not isinstance(data, dict) or (data.get("parallel") is None
+                                          and data.get("quantization") is None):
+            return _searched(handler(data))
+        search = data.get("search") if isinstance(data.get("search"), dict) else {}
+        first: StudyConfig = handler({**data, "search": {**search, "baseline_flags": {}}})
+        expansion = first.expansion()
+        space, fixed, overrides = merge(first.engine.name, first.engine.version, expansion,
+                                        first.search_space, first.fixed_flags)
+        problems = list(expansion.problems)
+        for name, value in [*space.items(), *fixed.items()]:
+            if normalize_flag(name) in ("quantization", "q") and name not in expansion.origins:
+                values = value if isinstance(value, list) else [value]
+                where = "search_space" if name in space else "fixed_flags"
+                problems += checkpoint_conflicts(expansion.checkpoint, values, f"{where}.{name}")
+        if problems:
+            raise ValueError("\n".join(problems))
+        for line in overrides:
+            warnings.warn(f"{line}: the study's own flag wins", IntentOverrideWarning,
+                          stacklevel=2)
+        second = {**data, "search_space": space, "fixed_flags": fixed}
+        if first.quantization is not None:
+            second["quantization"] = first.quantization.model_copy(
+                update={"checkpoint": expansion.checkpoint})
+        return _searched(handler(second))
+
+    def expansion(self) -> Expansion:
+        """The native flags this study's parallel and quantization sections stand for."""
+        return expand(self.engine.name, self.engine.version, self.cluster.gpus_per_node,
+                      self.model.name, self.parallel, self.quantization)
+
+    def intent_overrides(self) -> list[str]:
+        """Derived flags the study's own native flags override (what the warnings said), and
+        notes on what a preset left out."""
+        expansion = self.expansion()
+        _, _, overrides = merge(self.engine.name, self.engine.version, expansion,
+                                self.search_space, self.fixed_flags)
+        return [*overrides, *expansion.notes]
+
+    @property
+    def layout_ties(self) -> dict[str, str]:
+        """Layout flags that take another parallel dimension's value in every layout (SGLang
+        ``ep: true``: ep-size follows tp)."""
+        if self.parallel is None:
+            return {}
+        expansion = self.expansion()
+        merge(self.engine.name, self.engine.version, expansion, self.search_space,
+              self.fixed_flags)
+        return expansion.ties
+
     @model_validator(mode="after")
     def _flags(self) -> StudyConfig:
         both = set(self.search_space) & set(self.fixed_flags)
         if both:
-            raise ValueError(f"flags both searched and fixed: {sorted(both)}; keep each in one")
-        for flag in [*self.search_space, *self.fixed_flags]:
-            if flag in RESERVED_FLAGS:
-                raise ValueError(f"flag {flag!r} is set by servetune (model, host, port and "
-                                 "served name come from the model section)")
-        if self.engine.name == "trtllm":
-            for flag in [*self.search_space, *self.fixed_flags]:
-                if flag in ("dp", "dp-size", "data-parallel-size", "dp_size"):
-                    raise ValueError(f"flag {flag!r}: TensorRT-LLM has no data parallelism "
-                                     "(scale out with more trials or replicas instead)")
+            raise ValueError(f"search_space: flags both searched and fixed: {sorted(both)}; "
+                             "keep each in one")
+        for section, flags in (("search_space", self.search_space),
+                               ("fixed_flags", self.fixed_flags)):
+            for flag in flags:
+                if flag in RESERVED_FLAGS:
+                    raise ValueError(f"{section}.{flag}: flag {flag!r} is set by servetune "
+                                     "(model, host, port and served name come from the model "
+                                     "section)")
+                if self.engine.name == "trtllm" and flag in (
+                        "dp", "dp-size", "data-parallel-size", "dp_size"):
+                    raise ValueError(f"{section}.{flag}: TensorRT-LLM has no data parallelism "
+                                     "(constraint trtllm-no-dp; scale out with more trials or "
+                                     "replicas instead)")
         for flag, spec in self.search_space.items():
-            if parallel_key(self.engine.name, flag) is None:
+            key = parallel_key(self.engine.name, flag)
+            if key is None:
                 continue
             values = spec if isinstance(spec, list) else None
+            if key in SWITCH_KEYS:
+                if values is None or not all(isinstance(v, bool) for v in values):
+                    raise ValueError(f"search_space.{flag}: a parallel switch takes a list of "
+                                     f"true/false, got {_short(spec)}")
+                continue
             if isinstance(spec, NumericRange) and not spec.is_int:
                 raise ValueError(f"search_space.{flag}: a parallel size must be an integer "
                                  "range or a list of integers")
-            if values is not None and not all(isinstance(v, int) and v >= 1 for v in values):
+            if values is not None and not all(isinstance(v, int) and not isinstance(v, bool)
+                                              and v >= 1 for v in values):
                 raise ValueError(f"search_space.{flag}: parallel sizes must be integers >= 1, "
                                  f"got {values}")
         # Names, types and choices against the engine version's flag registry; security flags
@@ -426,7 +539,7 @@ class StudyConfig(_Section):
                                      self.fixed_flags, simulated=self.engine.simulated,
                                      other={"search.baseline_flags": self.search.baseline_flags})
         if problems:
-            raise ValueError("\n  - ".join(problems))
+            raise ValueError("\n".join(problems))
         return self
 
     @property
@@ -455,6 +568,13 @@ class StudyConfig(_Section):
         return self
 
 
+def _searched(study: StudyConfig) -> StudyConfig:
+    if not study.search_space:
+        raise ValueError("search_space: nothing to search: give search_space entries, or lists "
+                         "(or a preset) in the parallel / quantization sections")
+    return study
+
+
 def load_study(path: str | Path) -> StudyConfig:
     """Read and validate a study file; ``ConfigError`` lists every problem found."""
     path = Path(path)
@@ -478,29 +598,35 @@ def parse_study(data: Any, source: str = "study") -> StudyConfig:
         return StudyConfig.model_validate(data)
     except ValidationError as e:
         errors = [err for err in e.errors() if not _other_union_branch(err)] or e.errors()
-        problems = [_describe(err, data) for err in errors]
+        problems = [line for err in errors for line in _describe(err, data).split("\n")]
         first = errors[0]
         raise ConfigError(f"{source}: {len(problems)} problem(s):\n  - " + "\n  - ".join(problems),
                           path=_path(first["loc"]), value=first.get("input")) from None
 
 
 def _other_union_branch(err: Any) -> bool:
-    """A search-space value is a list or a range: drop the branch the input was not meant for."""
+    """A search-space value is a list or a range, a section field a value or a list: drop the
+    branch the input was not meant for."""
     loc = [str(p) for p in err["loc"]]
     value = err.get("input")
-    if any(p.startswith("list[") for p in loc) and err["type"] == "list_type":
-        return isinstance(value, dict)
+    if err["type"] == "list_type" and (any(p.startswith("list[") for p in loc)
+                                       or loc[:1] in (["parallel"], ["quantization"])):
+        return not isinstance(value, list)
     if "NumericRange" in loc and err["type"] == "model_type":
         return isinstance(value, list)
+    if isinstance(value, list) and loc and _branch(loc[-1]):
+        return True  # the scalar branch's complaint about a list
     return False
 
 
+def _branch(part: str) -> bool:
+    """A loc part that names a union branch, not a field or an index."""
+    return (part.startswith(("list[", "constrained-", "function-"))
+            or part in ("NumericRange", "bool", "int", "float", "str"))
+
+
 def _path(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if not (isinstance(p, str) and (p.startswith("list[")
-                                                                   or p == "NumericRange"
-                                                                   or p.startswith("function-")
-                                                                   or p in ("bool", "int",
-                                                                            "float", "str")))]
+    parts = [str(p) for p in loc if not (isinstance(p, str) and _branch(p))]
     return ".".join(parts) or "(top level)"
 
 
@@ -521,8 +647,22 @@ def _describe(err: Any, data: dict[str, Any]) -> str:
         expected = err.get("ctx", {}).get("expected", "")
         return f"{path}: {value!r} is not allowed; expected {expected}"
     message = err["msg"].removeprefix("Value error, ")
+    if _located(message):
+        # Cross-field checks name their own paths (``search_space.tp: ...``), one per line;
+        # the value they saw is the whole study, which says nothing.
+        return message
     shown = _short(value)
     return f"{path}: {message} (got {shown})"
+
+
+def _located(message: str) -> bool:
+    """Every line starts with a field path of the study (``fixed_flags.port: ...``)."""
+    fields = set(StudyConfig.model_fields)
+    for line in message.split("\n"):
+        head = line.split(":", 1)[0]
+        if ":" not in line or " " in head or head.split(".", 1)[0] not in fields:
+            return False
+    return True
 
 
 def _short(value: Any) -> str:

@@ -7,8 +7,17 @@ Params are the engine's own flag names without leading dashes (``tp-size``,
 and, for false, the flag's negative form where its parser defines one (``--no-<flag>``) or
 nothing (store-true switches); a value that starts with ``-`` as ``--flag=value``.
 
-The GPU count of a launch (its world size) is tensor × pipeline × data parallel size, read from
-each engine's own flag names (aliases included). TensorRT-LLM has no data parallelism.
+The GPU count of a launch (its world size) is read from each engine's own flag names (aliases
+included), as each engine's source counts it (``common/constraints.py`` holds the references):
+
+- vLLM: tp × pp × dp × prefill-context-parallel size; decode-context parallelism reuses the
+  tensor-parallel GPUs and expert parallelism shards the MoE layers over tp × dp: neither adds
+  GPUs;
+- SGLang: tp × pp × dp, where dp counts only as replicas: with ``--enable-dp-attention`` (and
+  with ``--attn-dp-size``) the attention data-parallel groups live inside the tp GPUs;
+  ``--ep-size`` and ``--attn-cp-size`` carve groups out of the tp GPUs too;
+- TensorRT-LLM: tp × pp × cp (``--cp_size``); ``--ep_size`` splits the tp GPUs; it has no data
+  parallelism.
 """
 
 from __future__ import annotations
@@ -20,15 +29,30 @@ from common.engine_flags import REGISTRY_ENGINES, FlagRegistry, FlagSpec, regist
 
 Engine = str  # "vllm" | "sglang" | "trtllm"
 
-# Parallelism flags per engine: (tensor, pipeline, data) → accepted spellings.
+# Parallelism flags per engine: dimension → accepted spellings. tp, pp, dp, cp, dcp, ep and
+# attn_dp are sizes; dp_attention and expert_parallel are switches (vLLM's EP has no size of its
+# own: it spans tp × dp).
 PARALLEL_FLAGS: dict[str, dict[str, tuple[str, ...]]] = {
     "vllm": {"tp": ("tensor-parallel-size", "tp"), "pp": ("pipeline-parallel-size", "pp"),
-             "dp": ("data-parallel-size", "dp")},
+             "dp": ("data-parallel-size", "dp"),
+             "dcp": ("decode-context-parallel-size", "dcp"),
+             "cp": ("prefill-context-parallel-size", "pcp"),
+             "expert_parallel": ("enable-expert-parallel", "ep")},
     "sglang": {"tp": ("tp-size", "tensor-parallel-size", "tp"),
                "pp": ("pp-size", "pipeline-parallel-size"),
-               "dp": ("dp-size", "data-parallel-size", "dp")},
-    "trtllm": {"tp": ("tp_size", "tp-size"), "pp": ("pp_size", "pp-size"), "dp": ()},
+               "dp": ("dp-size", "data-parallel-size", "dp"),
+               "ep": ("ep-size", "expert-parallel-size", "ep"),
+               "dcp": ("dcp-size", "decode-context-parallel-size"),
+               "cp": ("attn-cp-size", "attention-context-parallel-size"),
+               "attn_dp": ("attn-dp-size",),
+               "dp_attention": ("enable-dp-attention",)},
+    "trtllm": {"tp": ("tp_size", "tp-size", "tensor_parallel_size"),
+               "pp": ("pp_size", "pp-size", "pipeline_parallel_size"),
+               "cp": ("cp_size", "context_parallel_size"),
+               "ep": ("ep_size", "moe_expert_parallel_size"), "dp": ()},
 }
+SWITCH_KEYS = frozenset({"dp_attention", "expert_parallel"})
+SIZE_KEYS = ("tp", "pp", "dp", "cp", "dcp", "ep", "attn_dp")
 # Flags that select a launch's identity, set by servetune itself, never by a study.
 RESERVED_FLAGS = frozenset({"host", "port", "model", "model-path", "served-model-name"})
 
@@ -39,7 +63,8 @@ def normalize_flag(name: str) -> str:
 
 
 def parallel_key(engine: Engine, flag: str) -> str | None:
-    """Which parallel dimension (tp, pp, dp) a flag sets for this engine, if any."""
+    """Which parallel dimension (tp, pp, dp, cp, dcp, ep, attn_dp, dp_attention,
+    expert_parallel) a flag sets for this engine, if any."""
     flag = normalize_flag(flag)
     for key, names in PARALLEL_FLAGS.get(engine, {}).items():
         if flag in names:
@@ -48,19 +73,26 @@ def parallel_key(engine: Engine, flag: str) -> str | None:
 
 
 def parallel_sizes(engine: Engine, flags: Mapping[str, Any]) -> dict[str, int]:
-    """The tp, pp and dp sizes a set of flags implies (1 where unset)."""
-    sizes = {"tp": 1, "pp": 1, "dp": 1}
+    """Every parallel dimension a set of flags implies (sizes 1 and switches 0 where unset)."""
+    sizes = {key: 1 for key in SIZE_KEYS} | {key: 0 for key in SWITCH_KEYS}
     for flag, value in flags.items():
         key = parallel_key(engine, flag)
-        if key is not None:
-            sizes[key] = int(value)
+        if key is not None and value is not None:
+            sizes[key] = int(bool(value)) if key in SWITCH_KEYS else int(value)
     return sizes
 
 
 def world_size(engine: Engine, flags: Mapping[str, Any]) -> int:
-    """GPUs one launch with these flags needs: tp × pp × dp."""
-    sizes = parallel_sizes(engine, flags)
-    return sizes["tp"] * sizes["pp"] * sizes["dp"]
+    """GPUs one launch with these flags needs, as the engine counts them (module docstring)."""
+    s = parallel_sizes(engine, flags)
+    if engine == "vllm":
+        return s["tp"] * s["pp"] * s["dp"] * s["cp"]
+    if engine == "sglang":
+        replicas = 1 if s["dp_attention"] else s["dp"]
+        return s["tp"] * s["pp"] * replicas
+    if engine == "trtllm":
+        return s["tp"] * s["pp"] * s["cp"]
+    return s["tp"] * s["pp"] * s["dp"]
 
 
 def to_argv(engine: Engine, flags: Mapping[str, Any], *,

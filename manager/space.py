@@ -1,8 +1,11 @@
 """From a study's search space to what Ray Tune searches, with infeasible layouts pruned.
 
 Parallelism flags are searched jointly: every combination of their values is one choice of a
-single categorical param, ``parallel``, and combinations needing more GPUs than the largest node
-has are removed before any trial runs (Ray would leave such a trial PENDING forever). A grid is
+single categorical param, ``parallel``, and combinations that break an engine constraint
+(``common.constraints``: SGLang's ep-size must divide tp-size, ...) or need more GPUs than the
+largest node has are removed before any trial runs (Ray would leave such a trial PENDING
+forever); each pruned combination keeps the reason it was removed. Flags tied to a dimension
+(SGLang ``ep: true``: ep-size = tp-size) take its value in every layout. A grid is
 expanded here into explicit points (cut at ``max_trials``); random and TPE search get Tune
 domains (lists → choice, ranges → uniform / log-uniform / quantized / integer).
 """
@@ -11,15 +14,25 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from ray import tune
 
 from common.config import NumericRange, StudyConfig
+from common.constraints import violations
 from common.errors import ConfigError
-from common.params import parallel_key, world_size
+from common.params import parallel_key, parallel_sizes, world_size
 
 PARALLEL_PARAM = "parallel"
+
+
+class Pruned(NamedTuple):
+    """A parallel layout removed before any trial, with the reason (the constraint's id and
+    rule, or the GPU limit)."""
+
+    combo: dict[str, Any]
+    gpus: int
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -28,12 +41,14 @@ class SearchPlan:
 
     param_space: dict[str, Any]
     grid_points: list[dict[str, Any]] | None
-    layouts: dict[str, dict[str, int]]
-    infeasible: list[tuple[dict[str, int], int]]
+    layouts: dict[str, dict[str, Any]]
+    infeasible: list[Pruned]
     size: int | None
     max_node_gpus: int
     truncated_from: int | None = None
     gpu_counts: list[int] = field(default_factory=list)
+    layout_gpus: dict[str, int] = field(default_factory=dict)
+    """Each remaining layout's GPU count (fixed flags included)."""
 
     @property
     def num_samples(self) -> int:
@@ -47,16 +62,22 @@ def build_plan(study: StudyConfig, max_node_gpus: int) -> SearchPlan:
                       if parallel_key(engine, f) is not None}
     other_space = {f: spec for f, spec in study.search_space.items() if f not in parallel_space}
     fixed_world = world_size(engine, study.fixed_flags)
-    layouts, infeasible = _layouts(engine, parallel_space, study.fixed_flags, max_node_gpus)
+    layouts, infeasible = _layouts(engine, parallel_space, study.fixed_flags, max_node_gpus,
+                                   study.layout_ties)
     if not layouts:
-        smallest = min(infeasible, key=lambda item: item[1])
+        invalid = sorted({p.reason for p in infeasible if p.gpus <= max_node_gpus})
+        if invalid:
+            raise ConfigError(f"no parallel layout is valid for {engine}: " + "; ".join(invalid),
+                              path="search_space", value=infeasible[0].combo, allowed=invalid)
+        smallest = min(infeasible, key=lambda item: item.gpus)
         raise ConfigError(
             f"no parallel layout fits the largest node ({max_node_gpus} GPUs): the smallest, "
-            f"{_label(smallest[0]) or 'the fixed flags'}, needs {smallest[1]} GPUs "
+            f"{_label(smallest.combo) or 'the fixed flags'}, needs {smallest.gpus} GPUs "
             f"(fixed flags give {fixed_world}); lower tp/pp/dp or add GPUs per node",
-            path="search_space", value=smallest[0], allowed=[f"<= {max_node_gpus} GPUs"])
-    gpu_counts = sorted({world_size(engine, {**study.fixed_flags, **combo})
-                         for combo in layouts.values()})
+            path="search_space", value=smallest.combo, allowed=[f"<= {max_node_gpus} GPUs"])
+    layout_gpus = {label: world_size(engine, {**study.fixed_flags, **combo})
+                   for label, combo in layouts.items()}
+    gpu_counts = sorted(set(layout_gpus.values()))
     space: dict[str, Any] = {}
     if parallel_space:
         space[PARALLEL_PARAM] = list(layouts)
@@ -66,10 +87,11 @@ def build_plan(study: StudyConfig, max_node_gpus: int) -> SearchPlan:
         cut = None
         if len(points) > study.search.max_trials:
             points, cut = points[:study.search.max_trials], total
-        return SearchPlan({}, points, layouts, infeasible, total, max_node_gpus, cut, gpu_counts)
+        return SearchPlan({}, points, layouts, infeasible, total, max_node_gpus, cut, gpu_counts,
+                          layout_gpus)
     domains = {name: _domain(name, spec) for name, spec in space.items()}
     return SearchPlan(domains, None, layouts, infeasible, _size(space), max_node_gpus, None,
-                      gpu_counts)
+                      gpu_counts, layout_gpus)
 
 
 def trial_flags(study: StudyConfig, plan: SearchPlan, config: dict[str, Any]) -> dict[str, Any]:
@@ -86,22 +108,31 @@ def trial_flags(study: StudyConfig, plan: SearchPlan, config: dict[str, Any]) ->
 
 
 def _layouts(engine: str, parallel_space: dict[str, Any], fixed: dict[str, Any],
-             max_gpus: int) -> tuple[dict[str, dict[str, int]], list[tuple[dict[str, int], int]]]:
+             max_gpus: int, ties: dict[str, str] | None = None,
+             ) -> tuple[dict[str, dict[str, Any]], list[Pruned]]:
     names = list(parallel_space)
     choices = [_values(parallel_space[n]) for n in names]
-    feasible: dict[str, dict[str, int]] = {}
-    infeasible: list[tuple[dict[str, int], int]] = []
+    feasible: dict[str, dict[str, Any]] = {}
+    infeasible: list[Pruned] = []
     for values in itertools.product(*choices):
-        combo = {n: int(v) for n, v in zip(names, values, strict=True)}
-        gpus = world_size(engine, {**fixed, **combo})
-        if gpus <= max_gpus:
-            feasible[_label(combo) or "fixed"] = combo
+        combo: dict[str, Any] = {n: v if isinstance(v, bool) else int(v)
+                                 for n, v in zip(names, values, strict=True)}
+        for flag, dim in (ties or {}).items():
+            combo[flag] = parallel_sizes(engine, {**fixed, **combo})[dim]
+        flags = {**fixed, **combo}
+        gpus = world_size(engine, flags)
+        broken = violations(engine, flags)
+        if broken:
+            infeasible.append(Pruned(combo, gpus, str(broken[0])))
+        elif gpus > max_gpus:
+            infeasible.append(Pruned(combo, gpus, f"needs {gpus} GPUs > {max_gpus} "
+                                                  "(largest node)"))
         else:
-            infeasible.append((combo, gpus))
+            feasible[_label(combo) or "fixed"] = combo
     return feasible, infeasible
 
 
-def _label(combo: dict[str, int]) -> str:
+def _label(combo: dict[str, Any]) -> str:
     return ",".join(f"{k}={v}" for k, v in combo.items())
 
 
@@ -169,8 +200,14 @@ def describe(plan: SearchPlan) -> list[str]:
     lines.append(f"GPUs per trial: {', '.join(str(g) for g in plan.gpu_counts)} "
                  f"(largest node: {plan.max_node_gpus})")
     if plan.layouts and list(plan.layouts) != ["fixed"]:
-        lines.append("parallel layouts: " + "; ".join(plan.layouts))
-    for combo, gpus in plan.infeasible:
-        lines.append(f"infeasible, pruned: {_label(combo)} needs {gpus} GPUs "
-                     f"> {plan.max_node_gpus}")
+        lines.append(f"parallel layouts ({len(plan.layouts)}): " + "; ".join(
+            f"{label} ({_gpus(gpus)})"
+            for label, gpus in plan.layout_gpus.items()))
+    for pruned in plan.infeasible:
+        lines.append(f"pruned: {_label(pruned.combo) or 'the fixed flags'} "
+                     f"({_gpus(pruned.gpus)}): {pruned.reason}")
     return lines
+
+
+def _gpus(count: int) -> str:
+    return f"{count} GPU" + ("" if count == 1 else "s")

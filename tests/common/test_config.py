@@ -49,16 +49,31 @@ def test_defaults_fill_every_section() -> None:
     (with_(search_space={"mem-fraction-static": {"low": 0.9, "high": 0.5}}),
      "search_space.mem-fraction-static", "high (0.5) must be >= low (0.9)"),
     (with_(objective={"metric": "ttft", "per_gpu": True}), "objective", "throughput"),
-    (with_(engine={"name": "trtllm"}, search_space={"dp-size": [1, 2]}), "(top level)",
-     "no data parallelism"),
-    (with_(fixed_flags={"port": 9000}), "(top level)", "set by servetune"),
-    (with_(search_space={"tp": [1, 2.5]}), "(top level)", "integers"),
+    (with_(engine={"name": "trtllm"}, search_space={"dp-size": [1, 2]}),
+     "search_space.dp-size", "no data parallelism"),
+    (with_(fixed_flags={"port": 9000}), "fixed_flags.port", "set by servetune"),
+    (with_(search_space={"tp": [1, 2.5]}), "search_space.tp", "integers"),
+    (with_(search_space={"max-num-seq": [1]}), "search_space.max-num-seq",
+     "did you mean 'max-num-seqs'"),
+    (with_(parallel={"tp": [1, "x"]}), "parallel.tp.1", "valid integer"),
+    (with_(quantization={"weights": "--x"}), "quantization.weights", "pattern"),
+    (with_(parallel="huge"), "parallel.preset", "'single-gpu'"),
+    (with_(engine={"name": "sglang"}, search_space={"max-running-requests": [8]},
+           quantization={"kv_cache": "fp9"}), "quantization.kv_cache", "'fp8_e4m3'"),
     (with_(name="has space"), "name", "pattern"),
 ])
 def test_errors_name_the_path_value_and_allowed(data, path: str, fragment: str) -> None:
     """A bad field is reported with its dotted path and a hint of what is allowed."""
     message = str(error_of(data))
     assert f"{path}:" in message and fragment in message
+
+
+def test_cross_field_errors_show_their_own_path_not_the_whole_study() -> None:
+    """Registry and cross-field errors are reported under the flag's path, one per line,
+    without "(top level)" or a dump of the whole study as the value."""
+    message = str(error_of(with_(search_space={"max-num-seq": [1]})))
+    assert "(top level)" not in message and "'name': 's'" not in message
+    assert "search_space.max-num-seq:" in message
 
 
 def test_all_problems_are_reported_at_once() -> None:

@@ -21,7 +21,7 @@ def test_layouts_needing_more_gpus_than_a_node_are_pruned() -> None:
     """tp × dp combinations above the largest node's GPUs never reach Tune."""
     plan = build_plan(study({"tp-size": [1, 2, 4, 8], "dp-size": [1, 2]}), max_node_gpus=8)
     assert len(plan.layouts) == 7
-    assert [gpus for _, gpus in plan.infeasible] == [16]
+    assert [pruned.gpus for pruned in plan.infeasible] == [16]
     assert plan.gpu_counts == [1, 2, 4, 8]
     assert any("needs 16 GPUs > 8" in line for line in describe(plan))
 
@@ -93,3 +93,38 @@ def test_preflight_rejects_a_model_the_simulator_does_not_know() -> None:
                      "search_space": {"max-num-seqs": [8]}})
     with pytest.raises(ConfigError, match="model.name: unknown model 'acme/Nope-9B'"):
         preflight(s)
+
+
+def test_layouts_an_engine_constraint_rules_out_are_pruned_with_the_constraint() -> None:
+    """Native parallel flags too: SGLang ep-size must divide tp-size; each pruned layout keeps
+    the constraint that removed it, and the remaining ones their GPU count."""
+    plan = build_plan(study({"tp-size": [2, 4], "ep-size": [1, 4]}), max_node_gpus=8)
+    assert set(plan.layouts) == {"tp-size=2,ep-size=1", "tp-size=4,ep-size=1",
+                                 "tp-size=4,ep-size=4"}
+    [pruned] = plan.infeasible
+    assert pruned.combo == {"tp-size": 2, "ep-size": 4}
+    assert pruned.reason.startswith("sglang-ep-divides-tp")
+    assert plan.layout_gpus == {"tp-size=2,ep-size=1": 2, "tp-size=4,ep-size=1": 4,
+                                "tp-size=4,ep-size=4": 4}
+
+
+def test_fixed_flags_that_break_a_constraint_leave_no_layout() -> None:
+    with pytest.raises(ConfigError, match="no parallel layout is valid.*sglang-ep-divides-tp"):
+        build_plan(study({"max-running-requests": [8]}, fixed={"tp-size": 2, "ep-size": 4}), 8)
+
+
+def test_tied_flags_follow_the_dimension_in_every_layout() -> None:
+    """SGLang ``parallel.ep: true``: ep-size takes tp-size's value in each layout."""
+    s = parse_study({"name": "t", "model": {"name": "m"}, "engine": {"name": "sglang"},
+                     "parallel": {"tp": [2, 4], "ep": True},
+                     "search_space": {"max-running-requests": [8]}})
+    plan = build_plan(s, 8)
+    assert list(plan.layouts.values()) == [{"tp-size": 2, "ep-size": 2},
+                                           {"tp-size": 4, "ep-size": 4}]
+
+
+def test_attention_dp_layouts_count_the_tp_gpus_only() -> None:
+    """With --enable-dp-attention, dp-size divides the tp GPUs instead of adding replicas."""
+    plan = build_plan(study({"tp-size": [8], "dp-size": [2, 8]},
+                            fixed={"enable-dp-attention": True}), 8)
+    assert plan.gpu_counts == [8] and not plan.infeasible

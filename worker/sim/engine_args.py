@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from worker.sim.catalog import GPUSpec, ModelArch
@@ -28,9 +28,13 @@ ENGINES: tuple[EngineName, ...] = ("vllm", "sglang")
 GPU_ENV_VAR = "SERVETUNE_SIM_GPU"
 DEFAULT_GPU = "H100-SXM-80GB"
 
-# Choices as the engines spell them (vLLM 0.33 CacheDType / SGLang 0.5 kv_cache_dtype).
+# Choices as the engines spell them (vLLM CacheDType / SGLang 0.5 kv_cache_dtype), the union
+# over the checked-in releases (vLLM 0.11 has no float16; SGLang 0.5.19 adds fp4_e2m1): the
+# study's flag registry rejects what its release lacks before the simulator sees it.
 VLLM_KV_DTYPES = ("auto", "float16", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_inc")
-SGLANG_KV_DTYPES = ("auto", "fp8_e5m2", "fp8_e4m3", "bf16", "bfloat16")
+SGLANG_KV_DTYPES = ("auto", "fp8_e5m2", "fp8_e4m3", "mxfp8", "bf16", "bfloat16", "nvfp4",
+                    "fp4_mx_block16", "fp4_e2m1")
+KV_BYTES = {"mxfp8": 1.0, "nvfp4": 0.5, "fp4_mx_block16": 0.5, "fp4_e2m1": 0.5}
 SGLANG_MAX_PREFILL_TOKENS = 16384
 SGLANG_SCHEDULE_POLICIES = ("lpm", "random", "fcfs", "dfs-weight", "lof", "priority")
 # Weight quantization methods the simulator models, with bytes per weight of quantized layers.
@@ -67,6 +71,14 @@ class EngineArgs:
     tp: int = 1
     pp: int = 1
     dp: int = 1
+    attn_dp: int = 1
+    """SGLang data-parallel attention groups inside the tp GPUs (they add none)."""
+    ep: int = 1
+    """SGLang expert-parallel size (inside the tp GPUs; not modelled beyond its rule)."""
+    dcp: int = 1
+    """vLLM decode-context-parallel size (inside the tp GPUs; not modelled beyond its rule)."""
+    pcp: int = 1
+    """vLLM prefill-context-parallel size (not modelled: only 1 is taken)."""
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
     chunked_prefill: bool | None = None
@@ -82,7 +94,9 @@ class EngineArgs:
 
     @property
     def world_size(self) -> int:
-        """GPUs this launch needs: tp × pp × dp for both dialects."""
+        """GPUs this launch needs: tp × pp × dp replicas for both dialects (as
+        ``common.params.world_size`` counts them: attention-DP groups, expert and
+        decode-context parallelism reuse the tp GPUs)."""
         return self.tp * self.pp * self.dp
 
 
@@ -170,6 +184,21 @@ def resolve(args: EngineArgs, model: ModelArch, gpu: GPUSpec) -> EngineSetup:
             f"--quantization: {args.quantization!r} is not supported by the simulator; "
             f"allowed: {', '.join(sorted(QUANT_WEIGHT_BYTES))}"
         )
+    if args.pcp > 1:
+        raise EngineArgsError("--prefill-context-parallel-size: the simulator does not model "
+                              "prefill context parallelism (use 1)")
+    if args.tp % args.dcp:
+        raise EngineArgsError(f"--decode-context-parallel-size: tp_size={args.tp} must be "
+                              f"divisible by dcp_size={args.dcp}")
+    if args.tp % args.ep:
+        raise EngineArgsError(f"--ep-size: {args.ep} must divide --tp-size ({args.tp})")
+    if args.attn_dp > 1:
+        if args.tp % args.attn_dp:
+            raise EngineArgsError(f"--tp-size: {args.tp} must be divisible by the attention "
+                                  f"data-parallel size ({args.attn_dp})")
+        # The performance model has replicas, not attention groups: an attention-DP group is
+        # modelled as a replica of tp / attn_dp GPUs (same GPUs in all).
+        args = replace(args, tp=args.tp // args.attn_dp, dp=args.dp * args.attn_dp, attn_dp=1)
     if model.num_attention_heads % args.tp:
         raise EngineArgsError(
             f"Total number of attention heads ({model.num_attention_heads}) must be divisible "
@@ -177,7 +206,8 @@ def resolve(args: EngineArgs, model: ModelArch, gpu: GPUSpec) -> EngineSetup:
     quant = args.quantization or model.quantization
     weight_bytes = QUANT_WEIGHT_BYTES.get(quant, 2.0) if quant else 2.0
     fp8_compute = bool(quant in FP8_COMPUTE_QUANTS and gpu.fp8_dense_tflops)
-    kv_bytes = 1.0 if args.kv_cache_dtype.startswith("fp8") else 2.0
+    kv_bytes = 1.0 if args.kv_cache_dtype.startswith("fp8") else KV_BYTES.get(
+        args.kv_cache_dtype, 2.0)
     max_model_len = args.max_model_len or model.max_position_embeddings
     if args.engine == "vllm":
         return _resolve_vllm(args, model, gpu, weight_bytes, kv_bytes, fp8_compute, quant,
@@ -366,6 +396,16 @@ def _vllm_parser() -> _Parser:
                    default=True)
     p.add_argument("--block-size", type=int, choices=(1, 8, 16, 32, 64, 128), default=None)
     p.add_argument("--max-model-len", type=_positive_int("max_model_len"), default=None)
+    # Parallel and dtype flags the parallel/quantization sections emit: parsed so that their
+    # values are not mistaken for the positional model; they reuse the tp GPUs (dcp, ep) or
+    # do not change the model here (dtype).
+    p.add_argument("--decode-context-parallel-size", "-dcp", type=_positive_int("dcp"),
+                   default=1)
+    p.add_argument("--prefill-context-parallel-size", "-pcp", type=_positive_int("pcp"),
+                   default=1)
+    p.add_argument("--enable-expert-parallel", "-ep", action=argparse.BooleanOptionalAction,
+                   default=False)
+    p.add_argument("--dtype", default="auto")
     return p
 
 
@@ -388,6 +428,17 @@ def _sglang_parser() -> _Parser:
     p.add_argument("--disable-radix-cache", action="store_true")
     p.add_argument("--page-size", type=_positive_int("page_size"), default=None)
     p.add_argument("--context-length", type=_positive_int("context_length"), default=None)
+    p.add_argument("--enable-dp-attention", action="store_true")
+    p.add_argument("--attn-dp-size", type=_positive_int("attn_dp"), default=1)
+    p.add_argument("--ep-size", "--expert-parallel-size", "--ep", type=_positive_int("ep"),
+                   default=1)
+    p.add_argument("--attn-cp-size", "--attention-context-parallel-size",
+                   type=_positive_int("attn_cp"), default=1)
+    p.add_argument("--dcp-size", "--decode-context-parallel-size", type=_positive_int("dcp"),
+                   default=1)
+    p.add_argument("--flashinfer-mxfp4-moe-precision", choices=("default", "bf16", "fp8"),
+                   default="default")
+    p.add_argument("--dtype", default="auto")
     return p
 
 
@@ -421,11 +472,13 @@ def _vllm_args(ns: argparse.Namespace, unknown: list[str]) -> EngineArgs:
     model = ns.model_tag or ns.model
     if not model:
         raise EngineArgsError("the model is required: `vllm serve MODEL` or --model MODEL")
+
     return EngineArgs(
         engine="vllm", model=model,
         served_model_name=ns.served_model_name[0] if ns.served_model_name else None,
         host=ns.host, port=ns.port,
         tp=ns.tensor_parallel_size, pp=ns.pipeline_parallel_size, dp=ns.data_parallel_size,
+        dcp=ns.decode_context_parallel_size, pcp=ns.prefill_context_parallel_size,
         max_num_seqs=ns.max_num_seqs, max_num_batched_tokens=ns.max_num_batched_tokens,
         chunked_prefill=ns.enable_chunked_prefill, mem_fraction=ns.gpu_memory_utilization,
         kv_cache_dtype=ns.kv_cache_dtype, quantization=ns.quantization,
@@ -440,9 +493,13 @@ def _sglang_args(ns: argparse.Namespace, unknown: list[str]) -> EngineArgs:
         raise EngineArgsError(
             f"--chunked-prefill-size: {chunk} must be a positive token count, or -1 to disable"
         )
+    # Before --attn-dp-size, --enable-dp-attention made --dp-size the attention-DP size.
+    dp_attention = ns.enable_dp_attention and ns.dp_size > 1
+    attn_dp = ns.dp_size if dp_attention else ns.attn_dp_size
     return EngineArgs(
         engine="sglang", model=ns.model_path, served_model_name=ns.served_model_name,
-        host=ns.host, port=ns.port, tp=ns.tp_size, pp=ns.pp_size, dp=ns.dp_size,
+        host=ns.host, port=ns.port, tp=ns.tp_size, pp=ns.pp_size,
+        dp=1 if dp_attention else ns.dp_size, attn_dp=attn_dp, ep=ns.ep_size,
         max_num_seqs=ns.max_running_requests,
         max_num_batched_tokens=chunk,
         chunked_prefill=None if chunk is None else chunk > 0,
