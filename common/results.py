@@ -33,6 +33,10 @@ class FailureReason(str, enum.Enum):
     NODE_LOST = "node_lost"
     DRIVER_LOST = "driver_lost"
     INFRA_ERROR = "infra_error"
+    # The trial ran past its deadline (``benchmark.timeouts.trial_s``).
+    TRIAL_TIMEOUT = "trial_timeout"
+    # No live node can ever hold the trial's GPUs (capacity lost after the study started).
+    UNSCHEDULABLE = "unschedulable"
     CANCELLED = "cancelled"
 
     @property
@@ -54,9 +58,14 @@ class TrialRecord:
     attempt: int = 0
     trial_id: str = ""
     params: dict[str, Any] = field(default_factory=dict)
+    # The study's parallel/quantization section values this attempt ran (``parallel.tp``: 4),
+    # beside the native flags in ``params`` and ``argv``; empty without those sections.
+    intent: dict[str, Any] = field(default_factory=dict)
     argv: list[str] = field(default_factory=list)
     gpu_ids: list[str] = field(default_factory=list)
     node: str = ""
+    # Ray's id of the node (several nodes can share an address, e.g. in a local test cluster).
+    node_id: str = ""
     status: TrialStatus = TrialStatus.RUNNING
     reason: FailureReason | None = None
     message: str = ""
@@ -73,3 +82,13 @@ class TrialRecord:
     finished_at: datetime | None = None
     log_excerpt: str = ""
     levels: list[LevelMetrics] = field(default_factory=list)
+
+
+def latest_attempts(records: list[TrialRecord]) -> list[TrialRecord]:
+    """The last attempt of each trial number, in number order: a study's outcome (earlier
+    attempts of a retried trial stay in the store as its history)."""
+    latest: dict[int, TrialRecord] = {}
+    for record in records:
+        if record.number not in latest or record.attempt > latest[record.number].attempt:
+            latest[record.number] = record
+    return [latest[n] for n in sorted(latest)]

@@ -32,6 +32,8 @@ CAUSE_SEVERITY: dict[FailureReason, float] = {
     FailureReason.ENGINE_CRASH: 0.8,
     FailureReason.STARTUP_TIMEOUT: 0.7,
     FailureReason.BENCHMARK_ERROR: 0.5,
+    FailureReason.TRIAL_TIMEOUT: 0.6,
+    FailureReason.UNSCHEDULABLE: 1.0,
 }
 DEFAULT_SEVERITY = 0.6
 # A failure late in the benchmark is milder: severity × (1 − PROGRESS_RELIEF × progress).

@@ -21,11 +21,19 @@ import ray
 from ray import tune
 
 from common.config import StudyConfig
+from common.intent import trial_intent
 from common.params import world_size
-from common.results import FailureReason, TrialRecord, TrialStatus, utcnow
+from common.results import FailureReason, TrialRecord, TrialStatus, latest_attempts, utcnow
 from common.scoring import LevelVerdict, evaluate, failure_score, pareto_front, score
 from common.store import Store
 from manager.baseline import baseline_flags
+from manager.faults import (
+    LazyStore,
+    ServetuneScheduler,
+    TrialFaults,
+    trial_number,
+    unschedulable_record,
+)
 from manager.paths import StudyPaths
 from manager.preflight import preflight
 from manager.progress import ProgressPrinter
@@ -112,7 +120,7 @@ def run_study(study: StudyConfig, paths: StudyPaths) -> StudyOutcome:
         # Trials stopped under Tune (and a cancelled baseline) never recorded an end.
         cancelled = _cancel_unfinished(store, study.name)
         interrupted = interrupted or bool(cancelled)
-        trials = store.trials(study.name)
+        trials = latest_attempts(store.trials(study.name))
         front = study_pareto_front(study, trials)
         outcome = StudyOutcome(study.name, trials, time.monotonic() - started, interrupted,
                                front)
@@ -127,7 +135,7 @@ def run_study(study: StudyConfig, paths: StudyPaths) -> StudyOutcome:
 
 
 def _search_cut_short(store: Store, study: StudyConfig, planned: int) -> bool:
-    trials = [t for t in store.trials(study.name) if not t.baseline]
+    trials = [t for t in latest_attempts(store.trials(study.name)) if not t.baseline]
     if any(t.status is TrialStatus.RUNNING for t in trials):
         return True
     return len({t.number for t in trials}) < planned and study.search.time_budget_s is None
@@ -197,6 +205,18 @@ def _tuner(study: StudyConfig, plan: SearchPlan, paths: StudyPaths,
 
     setup = make_searcher(study, plan, warm)
     name = study.name
+
+    lazy = LazyStore(paths.database_url)
+
+    def record_unschedulable(trial: Any, needs: float, largest: float) -> None:
+        number = trial_number(trial)
+        params = trial_params(study, trial_flags(study, plan, trial.config))
+        store = lazy.get()
+        record = unschedulable_record(name, number, store.next_attempt(name, number), params,
+                                      needs, largest, study.cluster.unschedulable_after_s)
+        store.save_trial(record)
+        print(f"trial {number}: unschedulable: {record.message}", flush=True)
+
     return tune.Tuner(
         tune.with_resources(trainable, resources),
         param_space=setup.param_space,
@@ -204,12 +224,14 @@ def _tuner(study: StudyConfig, plan: SearchPlan, paths: StudyPaths,
             search_alg=setup.searcher, num_samples=setup.num_samples, metric=setup.metric,
             mode=setup.mode, max_concurrent_trials=study.search.max_concurrent_trials,
             time_budget_s=study.search.time_budget_s,
+            scheduler=ServetuneScheduler(study.cluster.unschedulable_after_s,
+                                         record_unschedulable),
             trial_name_creator=TrialNamer(name, first_number),
             trial_dirname_creator=lambda t: t.custom_trial_name),
         run_config=tune.RunConfig(
             name=name, storage_path=str(paths.results_dir / "ray"), verbose=0,
-            callbacks=[ProgressPrinter(name, setup.num_samples)],
-            failure_config=tune.FailureConfig(max_failures=2)),
+            callbacks=[ProgressPrinter(name, setup.num_samples), TrialFaults(name, lazy)],
+            failure_config=tune.FailureConfig(max_failures=study.cluster.trial_retries)),
     )
 
 
@@ -248,10 +270,10 @@ def _baseline_task(study_json: dict[str, Any], flags: dict[str, Any], results_di
     """Run the baseline trial in a Ray task holding its GPUs; returns a line about it."""
     study = StudyConfig.model_validate(study_json)
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
-    spec = _spec(study, 0, f"{study.name}-baseline", flags, gpu_ids, results_dir,
-                 baseline=True)
     store = Store.open(database_url)
     try:
+        spec = _spec(study, 0, f"{study.name}-baseline", flags, gpu_ids, results_dir,
+                     baseline=True, attempt=store.next_attempt(study.name, 0))
         record = run_trial(spec, store)
     finally:
         store.close()
@@ -294,8 +316,6 @@ def servetune_trial(config: dict[str, Any], *, study_json: dict[str, Any], plan:
     context = tune.get_context()
     number = _number(context.get_trial_name())
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
-    spec = _spec(study, number, context.get_trial_id(), trial_flags(study, plan, config),
-                 gpu_ids, results_dir)
     metrics, _ = objective_metrics(study)
 
     def on_level(record: TrialRecord, verdict: LevelVerdict) -> None:
@@ -308,6 +328,9 @@ def servetune_trial(config: dict[str, Any], *, study_json: dict[str, Any], plan:
 
     store = Store.open(database_url)
     try:
+        # A retried trial (its actor died, or the platform failed it) is a new attempt.
+        spec = _spec(study, number, context.get_trial_id(), trial_flags(study, plan, config),
+                     gpu_ids, results_dir, attempt=store.next_attempt(study.name, number))
         record = run_trial(spec, store, on_level if not study.objective.multi else None)
     finally:
         store.close()
@@ -320,14 +343,23 @@ def servetune_trial(config: dict[str, Any], *, study_json: dict[str, Any], plan:
     tune.report(result)
 
 
+def trial_params(study: StudyConfig, flags: dict[str, Any]) -> dict[str, Any]:
+    """What a trial stores as its params: its flags that are not fixed."""
+    return {k: v for k, v in flags.items() if k not in study.fixed_flags}
+
+
 def _spec(study: StudyConfig, number: int, trial_id: str, flags: dict[str, Any],
-          gpu_ids: list[str], results_dir: str, baseline: bool = False) -> TrialSpec:
-    params = {k: v for k, v in flags.items() if k not in study.fixed_flags}
+          gpu_ids: list[str], results_dir: str, baseline: bool = False,
+          attempt: int = 0) -> TrialSpec:
+    params = trial_params(study, flags)
+    intent = (trial_intent(study.parallel, study.quantization, study.expansion().origins, flags)
+              if study.parallel is not None or study.quantization is not None else {})
     return TrialSpec(
         study=study.name, number=number, trial_id=trial_id, engine=study.engine.name,
         simulated=study.engine.simulated, model=study.model.name,
         served_name=study.model.served, tokenizer=study.model.tokenizer, flags=flags,
-        params=params, gpu_ids=gpu_ids, node=_node_name(), gpu_type=study.cluster.gpu_type,
+        params=params, intent=intent, gpu_ids=gpu_ids, node=_node_name(), node_id=_node_id(),
+        attempt=attempt, gpu_type=study.cluster.gpu_type,
         benchmark=study.benchmark, objective=study.objective,
         work_dir=Path(results_dir) / study.name / f"trial-{number:04d}",
         launcher=study.launcher.kind, launcher_command=study.launcher.command,
@@ -335,6 +367,13 @@ def _spec(study: StudyConfig, number: int, trial_id: str, flags: dict[str, Any],
         engine_version=study.engine.version,
         docker=(study.launcher.model_dump(mode="json") if study.launcher.kind == "docker"
                 else None))
+
+
+def _node_id() -> str:
+    try:
+        return str(ray.get_runtime_context().get_node_id() or "")
+    except Exception:  # noqa: BLE001 - outside Ray (a direct call in a test)
+        return ""
 
 
 def _node_name() -> str:

@@ -70,6 +70,10 @@ class TrialSpec:
     launcher_command: list[str] | None = None
     env: dict[str, str] = field(default_factory=dict)
     attempt: int = 0
+    # Ray's id of the node (recorded with the attempt: a node lost mid-trial is found by it).
+    node_id: str = ""
+    # The study's section values this trial runs (``parallel.tp``: 4); see TrialRecord.intent.
+    intent: dict[str, Any] = field(default_factory=dict)
     # The engine release the flags are spelled for (None: the newest registry checked in).
     engine_version: str | None = None
     baseline: bool = False
@@ -88,8 +92,9 @@ def run_trial(spec: TrialSpec, store: Store,
     """
     spec.work_dir.mkdir(parents=True, exist_ok=True)
     record = TrialRecord(study=spec.study, number=spec.number, attempt=spec.attempt,
-                         trial_id=spec.trial_id, params=spec.params, gpu_ids=list(spec.gpu_ids),
-                         node=spec.node, baseline=spec.baseline)
+                         trial_id=spec.trial_id, params=spec.params,
+                         intent=dict(spec.intent), gpu_ids=list(spec.gpu_ids),
+                         node=spec.node, node_id=spec.node_id, baseline=spec.baseline)
     # In a container the engine runs on the image's interpreter, not this node's venv (except
     # the registry-free simulator image, which mounts this node's installation).
     python = {"python": "python3"} if spec.docker and not _mounts_host_python(spec) else {}
@@ -119,24 +124,37 @@ def run_trial(spec: TrialSpec, store: Store,
         labels={"servetune.study": spec.study, "servetune.trial": str(spec.number)},
         classify=engine.classify_failure, stop_timeout_s=spec.benchmark.timeouts.teardown_s)
     started = time.monotonic()
+    deadline = Deadline.after(spec.benchmark.timeouts.trial_s)
+    startup_s = spec.benchmark.timeouts.startup_s
     try:
         with launcher.launch(deployment_spec) as deployment:
             timings.update(deployment.phase_timings_s)  # docker: pull_s, apart from startup
-            deployment.wait_ready(spec.benchmark.timeouts.startup_s)
+            deployment.wait_ready(deadline.bound(startup_s))
             timings["startup_s"] = time.monotonic() - started - timings.get("pull_s", 0.0)
             bench_started = time.monotonic()
-            crashed = _benchmark(spec, deployment, record, on_level)
+            crashed = _benchmark(spec, deployment, record, on_level, deadline)
+            timed_out = deadline.expired  # the benchmark was cut short by it (not teardown)
             timings["benchmark_s"] = time.monotonic() - bench_started
             teardown_started = time.monotonic()
         timings["teardown_s"] = time.monotonic() - teardown_started
-        _conclude(record, spec, crashed)
+        if timed_out:
+            _fail(record, spec, FailureReason.TRIAL_TIMEOUT, deadline.message("benchmark"),
+                  "", _progress(spec, record))
+        else:
+            _conclude(record, spec, crashed)
     except TrialError as e:
-        reason = _reason(e)
-        _fail(record, spec, reason, str(e), getattr(e, "log_tail", ""))
+        reason, message = _reason(e), str(e)
+        if reason is FailureReason.STARTUP_TIMEOUT and deadline.expired:
+            reason, message = FailureReason.TRIAL_TIMEOUT, deadline.message("startup")
+        _fail(record, spec, reason, message, getattr(e, "log_tail", ""))
         if reason.retryable:  # the platform's fault (a busy GPU): retried, not learnt from
             raise
     except GenaiBenchError as e:
-        _fail(record, spec, FailureReason.BENCHMARK_ERROR, str(e), e.log_tail)
+        if deadline.expired:
+            _fail(record, spec, FailureReason.TRIAL_TIMEOUT, deadline.message("benchmark"),
+                  e.log_tail)
+        else:
+            _fail(record, spec, FailureReason.BENCHMARK_ERROR, str(e), e.log_tail)
     except InfraError as e:  # e.g. an image pull past its deadline: recorded, then retried
         _fail(record, spec, FailureReason.INFRA_ERROR, str(e), "")
         raise
@@ -149,6 +167,35 @@ def run_trial(spec: TrialSpec, store: Store,
         record.finished_at = utcnow()
         store.save_trial(record)
     return record
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """The trial's deadline (``benchmark.timeouts.trial_s``) as a monotonic instant; each
+    phase waits for at most what is left of it. ``at`` None: no trial deadline."""
+
+    at: float | None
+    seconds: float | None = None
+
+    @classmethod
+    def after(cls, seconds: float | None) -> Deadline:
+        return cls(None if seconds is None else time.monotonic() + seconds, seconds)
+
+    def remaining(self) -> float | None:
+        return None if self.at is None else max(self.at - time.monotonic(), 0.0)
+
+    def bound(self, phase_s: float) -> float:
+        """A phase's own deadline, cut to what is left of the trial's (never quite 0)."""
+        left = self.remaining()
+        return phase_s if left is None else max(min(phase_s, left), 0.01)
+
+    @property
+    def expired(self) -> bool:
+        return self.at is not None and time.monotonic() >= self.at
+
+    def message(self, phase: str) -> str:
+        return (f"the trial ran past its deadline of {self.seconds:g} s "
+                f"(benchmark.timeouts.trial_s) during {phase}")
 
 
 def _mounts_host_python(spec: TrialSpec) -> bool:
@@ -175,7 +222,8 @@ def _launcher(spec: TrialSpec) -> Launcher:
         volumes.extend(sim_volumes())
     options = DockerOptions(
         image=d["image"], pull=d.get("pull", "if_missing"),
-        pull_timeout_s=spec.benchmark.timeouts.pull_s,
+        pull_timeout_s=min(spec.benchmark.timeouts.pull_s,
+                           spec.benchmark.timeouts.trial_s or float("inf")),
         gpu_mode=d.get("gpu_mode", "device_requests"),
         container_port=int(d.get("container_port", 8000)), ipc_host=d.get("ipc_host", True),
         shm_size=d.get("shm_size"), volumes=tuple(volumes),
@@ -184,7 +232,7 @@ def _launcher(spec: TrialSpec) -> Launcher:
 
 
 def _benchmark(spec: TrialSpec, deployment: Deployment, record: TrialRecord,
-               on_level: LevelCallback | None) -> bool:
+               on_level: LevelCallback | None, deadline: Deadline) -> bool:
     """Benchmark the deployment into ``record.levels``; True if the engine died meanwhile.
 
     With early stopping and SLOs that can fail a level, each scenario is one genai-bench run
@@ -194,7 +242,8 @@ def _benchmark(spec: TrialSpec, deployment: Deployment, record: TrialRecord,
     """
     b = spec.benchmark
     if not (spec.early_stop and _levels_can_fail(spec.objective) and _num_levels(b) > 1):
-        record.levels = run_genai_bench(_bench_run(spec, deployment.url)).levels
+        record.levels = run_genai_bench(_bench_run(spec, deployment.url),
+                                        timeout_s=deadline.remaining()).levels
         return deployment.returncode() is not None
     skipped = 0
     for index, scenario in enumerate(b.scenarios):
@@ -210,8 +259,10 @@ def _benchmark(spec: TrialSpec, deployment: Deployment, record: TrialRecord,
 
         run = _bench_run(spec, deployment.url, (scenario,), tuple(b.concurrency),
                          spec.work_dir / f"bench-{index}" if len(b.scenarios) > 1 else None)
+        if deadline.expired:
+            break
         try:
-            outcome = run_genai_bench(run, on_level=judge)
+            outcome = run_genai_bench(run, timeout_s=deadline.remaining(), on_level=judge)
         except GenaiBenchError:
             if deployment.returncode() is not None or record.levels:
                 return deployment.returncode() is not None

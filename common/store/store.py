@@ -184,6 +184,23 @@ class Store:
         with self._transaction() as session:
             return [row_to_record(row, study) for row in session.scalars(stmt)]
 
+    def next_attempt(self, study: str, number: int) -> int:
+        """The attempt number a new run of trial ``number`` gets: one past the last stored
+        (0 for a trial never run). A retried trial keeps every earlier attempt's row."""
+        stmt = (select(func.max(TrialRow.attempt)).join(StudyRow)
+                .where(StudyRow.name == study, TrialRow.number == number))
+        with self._transaction() as session:
+            last = session.scalar(stmt)
+        return 0 if last is None else int(last) + 1
+
+    def attempts(self, study: str, number: int) -> list[TrialRecord]:
+        """Every attempt of trial ``number`` of ``study``, oldest first, with its levels."""
+        stmt = (select(TrialRow).join(StudyRow)
+                .where(StudyRow.name == study, TrialRow.number == number)
+                .order_by(TrialRow.attempt).options(selectinload(TrialRow.benchmark_runs)))
+        with self._transaction() as session:
+            return [row_to_record(row, study) for row in session.scalars(stmt)]
+
     def study(self, name: str) -> StudyInfo | None:
         """Study ``name`` with its trial counts, or ``None`` when there is none."""
         with self._transaction() as session:

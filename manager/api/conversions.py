@@ -107,6 +107,8 @@ def trial_out(row: Row, attempts: list[int]) -> TrialOut:
     return TrialOut(
         **_trial_fields(row, _aggregate_of(levels)),
         trial_id=row.trial_id, attempts=attempts, argv=redact_argv(list(row.argv)),
+        node_id=getattr(row, "node_id", "") or "",
+        intent=redact_value(dict(getattr(row, "intent", None) or {})),
         message=redact_text(row.message), log_excerpt=redact_text(row.log_excerpt),
         phase_timings_s=dict(row.phase_timings), slo=redact_value(getattr(row, "slo", None)),
         levels=levels)

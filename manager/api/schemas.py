@@ -127,6 +127,10 @@ class TrialsPage(_Out):
 class TrialOut(TrialSummaryOut):
     trial_id: str
     attempts: list[int] = Field(description="every stored attempt number of this trial")
+    node_id: str = Field(default="", description="Ray's id of the node the attempt ran on")
+    intent: dict[str, Any] = Field(
+        default_factory=dict, description="the study's parallel/quantization section values "
+        "this trial ran (e.g. parallel.tp), beside its native flags")
     argv: list[str]
     message: str
     log_excerpt: str = Field(description="tail of the engine's log (failed trials)")

@@ -174,3 +174,24 @@ def test_ctrl_c_tears_trials_down_and_records_them_cancelled(tmp_path: Path) -> 
         store.close()
     assert trials and all(t.status is not TrialStatus.RUNNING for t in trials)
     assert any(t.reason is FailureReason.CANCELLED for t in trials)
+
+
+def test_a_study_by_intent_stores_each_trials_sections_and_native_argv(tmp_path: Path) -> None:
+    """parallel/quantization sections end to end: the mapped flags reach the (simulated)
+    engine, and every trial keeps its section values beside the exact argv it ran."""
+    study = parse_study({
+        "name": "intent", "model": {"name": "meta-llama/Llama-3.1-8B-Instruct"},
+        "engine": {"name": "vllm", "simulated": True},
+        "parallel": {"tp": [1, 2]}, "quantization": "kv-cache-fp8",
+        "search": {"algorithm": "grid", "baseline": False, "max_concurrent_trials": 2},
+        "benchmark": SMALL_BENCHMARK, "cluster": {"gpus_per_node": 2, "dashboard": False}})
+    outcome = run_study(study, StudyPaths.resolve(study, tmp_path))
+    trials = sorted(outcome.trials, key=lambda t: t.intent["parallel.tp"])
+    assert [t.status for t in trials] == [TrialStatus.SUCCEEDED] * 2, [t.message for t in trials]
+    for trial, tp in zip(trials, [1, 2], strict=True):
+        assert trial.intent == {"parallel.tp": tp, "quantization.preset": "kv-cache-fp8",
+                                "quantization.kv_cache": "fp8"}
+        assert len(trial.gpu_ids) == tp
+        argv = trial.argv
+        assert argv[argv.index("--tensor-parallel-size") + 1] == str(tp)
+        assert argv[argv.index("--kv-cache-dtype") + 1] == "fp8"

@@ -1,0 +1,237 @@
+"""What the driver does when the platform fails a trial: lost attempts, capacity lost for good.
+
+Ray Tune retries a trial whose actor died (``FailureConfig.max_failures``), but the attempt
+that died never recorded its end: ``TrialFaults`` ends it in the store, as ``node_lost`` when
+its node is gone and ``infra_error`` otherwise, before the next attempt starts (which gets the
+next attempt number, so every attempt keeps its own row).
+
+Tune also leaves a trial PENDING forever when no node can hold it. The study checks every
+layout against the largest node before it starts; ``ServetuneScheduler`` covers capacity lost
+later (a node that never comes back): a pending trial that needs more GPUs than any live node
+has for ``cluster.unschedulable_after_s`` is recorded as ``unschedulable``, with what it
+needs, and stopped. Otherwise the scheduler defers to Tune's FIFO scheduler.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.tune import Callback
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import FIFOScheduler
+
+from common.results import FailureReason, TrialRecord, TrialStatus, utcnow
+from common.store import Store
+
+logger = logging.getLogger(__name__)
+# How often the capacity watchdog reads the cluster's nodes (each step would be too often).
+CAPACITY_POLL_S = 2.0
+# How long an attempt whose actor died is watched for its node being declared dead (Ray's
+# health checks take about 15-30 s to give up on a node).
+NODE_CONFIRM_S = 120.0
+
+
+def trial_number(trial: Trial) -> int:
+    """The study's number of a Tune trial (its name is ``<study>-<number>``)."""
+    return int(str(trial.custom_trial_name or trial).rsplit("-", 1)[-1])
+
+
+def alive_nodes() -> dict[str, dict[str, Any]]:
+    """Live nodes of the cluster by node id."""
+    return {n["NodeID"]: n for n in ray.nodes() if n.get("Alive")}
+
+
+def trial_gpus(trial: Trial) -> float:
+    """GPUs a trial's placement group asks for (its bundles together: one node)."""
+    return sum(float(b.get("GPU", 0)) for b in trial.placement_group_factory.bundles)
+
+
+class LazyStore:
+    """A store opened on first use and left out when pickled: Tune pickles its callbacks and
+    scheduler with the experiment's state, and a database connection does not pickle."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._store: Store | None = None
+
+    def get(self) -> Store:
+        if self._store is None:
+            self._store = Store.open(self.url)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"url": self.url, "_store": None}
+
+
+class TrialFaults(Callback):
+    """Ends the running attempt of a trial whose actor died, with the reason it died.
+
+    Tune learns of a dead actor (its socket closed) before Ray's health checks mark the node
+    dead, so an attempt whose node still looks alive is first stored as ``infra_error`` and
+    watched for ``NODE_CONFIRM_S``: if its node is declared dead meanwhile, the attempt becomes
+    ``node_lost``."""
+
+    def __init__(self, study: str, store: LazyStore, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        self.study = study
+        self._store = store
+        self.clock = clock
+        # (number, attempt) -> (node id, watch until)
+        self._suspects: dict[tuple[int, int], tuple[str, float]] = {}
+        self._last_poll = float("-inf")
+
+    @property
+    def store(self) -> Store:
+        return self._store.get()
+
+    def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial,
+                         **info: Any) -> None:
+        self._record_lost(trial, retried=True)
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial,
+                       **info: Any) -> None:
+        self._record_lost(trial, retried=False)
+
+    def on_step_begin(self, iteration: int, trials: list[Trial], **info: Any) -> None:
+        now = self.clock()
+        if self._suspects and now - self._last_poll >= CAPACITY_POLL_S:
+            self._last_poll = now
+            self._confirm_lost_nodes(now)
+
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        if self._suspects:
+            self._confirm_lost_nodes(self.clock())
+        self._store.close()
+
+    def _record_lost(self, trial: Trial, *, retried: bool) -> None:
+        number = trial_number(trial)
+        running = [r for r in self.store.attempts(self.study, number)
+                   if r.status is TrialStatus.RUNNING]
+        if not running:
+            return  # the attempt recorded its own end (e.g. an infra_error it raised)
+        live = alive_nodes()
+        cause = _error_line(trial)
+        for record in running:
+            record.status = TrialStatus.FAILED
+            record.finished_at = utcnow()
+            if record.node_id and record.node_id not in live:
+                record.reason = FailureReason.NODE_LOST
+                record.message = _node_lost_message(record, cause)
+            else:
+                record.reason = FailureReason.INFRA_ERROR
+                record.message = f"the trial's actor died: {cause}"
+                if record.node_id:
+                    self._suspects[(number, record.attempt)] = (
+                        record.node_id, self.clock() + NODE_CONFIRM_S)
+            if retried:
+                record.message += "; retried"
+            self.store.save_trial(record)
+            _print_attempt(record)
+
+    def _confirm_lost_nodes(self, now: float) -> None:
+        live = alive_nodes()
+        for (number, attempt), (node_id, until) in list(self._suspects.items()):
+            if node_id in live:
+                if now >= until:
+                    del self._suspects[(number, attempt)]  # the node lives: the actor died
+                continue
+            del self._suspects[(number, attempt)]
+            record = next((r for r in self.store.attempts(self.study, number)
+                           if r.attempt == attempt), None)
+            if record is None or record.reason is not FailureReason.INFRA_ERROR:
+                continue
+            retried = record.message.endswith("; retried")
+            cause = record.message.removeprefix("the trial's actor died: ").removesuffix(
+                "; retried")
+            record.reason = FailureReason.NODE_LOST
+            record.message = _node_lost_message(record, cause) + ("; retried" if retried
+                                                                  else "")
+            self.store.save_trial(record)
+            _print_attempt(record)
+
+
+def _node_lost_message(record: TrialRecord, cause: str) -> str:
+    return (f"node {record.node} ({record.node_id[:12]}) was lost while the trial ran "
+            f"({cause})")
+
+
+def _print_attempt(record: TrialRecord) -> None:
+    reason = record.reason.value if record.reason else "?"
+    print(f"trial {record.number} attempt {record.attempt}: {reason}: {record.message}",
+          flush=True)
+
+
+def _error_line(trial: Trial) -> str:
+    path = trial.error_file
+    try:
+        lines = [ln for ln in Path(path).read_text(errors="replace").splitlines()
+                 if ln.strip() and not ln.startswith("Failure #")] if path else []
+    except OSError:
+        lines = []
+    return lines[-1].strip()[:300] if lines else "no error recorded"
+
+
+class ServetuneScheduler(FIFOScheduler):
+    """Tune's FIFO scheduler with a capacity watchdog for pending trials.
+
+    ``record_unschedulable(trial, needs, largest)`` stores the trial's failed attempt; the
+    watchdog then stops the trial in Tune (the searcher sees it pruned)."""
+
+    def __init__(self, wait_s: float,
+                 record_unschedulable: Callable[[Trial, float, float], None],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.wait_s = wait_s
+        self.record_unschedulable = record_unschedulable
+        self.clock = clock
+        self._unfit_since: dict[str, float] = {}
+        self._last_poll = float("-inf")
+
+    def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
+        now = self.clock()
+        if now - self._last_poll >= CAPACITY_POLL_S:
+            self._last_poll = now
+            self._watch(tune_controller, now)
+        return super().choose_trial_to_run(tune_controller)
+
+    def _watch(self, tune_controller: Any, now: float) -> None:
+        pending = [t for t in tune_controller.get_trials() if t.status == Trial.PENDING]
+        if not pending:
+            self._unfit_since.clear()
+            return
+        largest = max((float(n.get("Resources", {}).get("GPU", 0))
+                       for n in alive_nodes().values()), default=0.0)
+        unfit = {t.trial_id: t for t in pending if trial_gpus(t) > largest}
+        for trial_id in list(self._unfit_since):
+            if trial_id not in unfit:
+                del self._unfit_since[trial_id]  # a node that fits came (back)
+        for trial_id, trial in unfit.items():
+            since = self._unfit_since.setdefault(trial_id, now)
+            if now - since < self.wait_s:
+                continue
+            del self._unfit_since[trial_id]
+            self.record_unschedulable(trial, trial_gpus(trial), largest)
+            tune_controller.stop_trial(trial)
+
+
+def unschedulable_record(study: str, number: int, attempt: int, params: dict[str, Any],
+                         needs: float, largest: float, waited_s: float) -> TrialRecord:
+    """The failed attempt of a trial no live node can hold."""
+    now = utcnow()
+    return TrialRecord(
+        study=study, number=number, attempt=attempt, params=params,
+        status=TrialStatus.FAILED, reason=FailureReason.UNSCHEDULABLE,
+        message=(f"needs {needs:g} GPUs on one node, but the largest live node has "
+                 f"{largest:g}; waited {waited_s:g} s (cluster.unschedulable_after_s) for "
+                 "capacity that did not come back"),
+        started_at=now, finished_at=now)
