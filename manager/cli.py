@@ -71,6 +71,13 @@ def _parser() -> argparse.ArgumentParser:
                         "./servetune-results/servetune.db")
     trials.set_defaults(handler=_trials)
 
+    status = sub.add_parser("status", help="where a study stands: trials by outcome, "
+                            "running trials, best so far (reads the database only)")
+    status.add_argument("name", help="study name")
+    status.add_argument("--database-url", help="default: $SERVETUNE_DATABASE_URL, else "
+                        "./servetune-results/servetune.db")
+    status.set_defaults(handler=_status)
+
     clean = sub.add_parser("clean", help="remove servetune's containers no live trial owns")
     clean.add_argument("--study", help="only this study's containers (default: all studies)")
     clean.set_defaults(handler=_clean)
@@ -112,6 +119,8 @@ def _validate(args: argparse.Namespace) -> int:
           f"{study.search.max_concurrent_trials} at once")
     for line in describe(plan):
         print("  " + line)
+    for line in study.intent_overrides():
+        print(f"  warning: {line}")
     print(f"  benchmark: {', '.join(study.benchmark.scenarios)} at concurrency "
           f"{', '.join(map(str, study.benchmark.concurrency))}")
     print(f"  results: {paths.results_dir} (database {_redact(paths.database_url)})")
@@ -123,7 +132,15 @@ def _run(args: argparse.Namespace) -> int:
     from manager.paths import StudyPaths
     from manager.space import build_plan, describe
 
-    study = _load(args.study, args.address)
+    address = args.address
+    if address is None and os.environ.get("RAY_ADDRESS") and _study_address(args.study) in (
+            None, "local"):
+        # A Ray job's driver (or a shell that points at a cluster): run on that cluster, not
+        # on a second Ray instance started inside it.
+        address = "auto"
+        print(f"$RAY_ADDRESS is set ({os.environ['RAY_ADDRESS']}): running on that cluster "
+              "(pass --address local for a private Ray instance)", flush=True)
+    study = _load(args.study, address)
     paths = StudyPaths.resolve(study, args.study.resolve().parent, args.database_url)
     if study.cluster.address == "local":
         for line in describe(build_plan(study, study.cluster.gpus_per_node)):
@@ -138,6 +155,18 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     print(f"{len(outcome.trials)} trials in {outcome.wall_s:.0f} s")
     return EXIT_OK if outcome.best else EXIT_FAILURE
+
+
+def _study_address(path: Path) -> str | None:
+    """The study's own cluster.address (None when unset), read before validation."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None  # load_study reports it
+    cluster = data.get("cluster") if isinstance(data, dict) else None
+    return cluster.get("address") if isinstance(cluster, dict) else None
 
 
 def _trials(args: argparse.Namespace) -> int:
@@ -158,6 +187,22 @@ def _trials(args: argparse.Namespace) -> int:
     if info.pareto_front is not None:
         study = StudyConfig.model_validate(info.config)
         _print_pareto(study, records, info.pareto_front)
+    return EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    from common.results import utcnow
+    from common.store.readonly import StoreReader
+    from manager.status import render, study_progress
+
+    url = (args.database_url or os.environ.get("SERVETUNE_DATABASE_URL")
+           or f"sqlite:///{Path('servetune-results/servetune.db').resolve()}")
+    with StoreReader.open(url, pool_size=1) as reader:
+        progress = study_progress(reader, args.name, utcnow())
+    if progress is None:
+        raise ConfigError(f"no study named {args.name!r} in {_redact(url)}",
+                          path="name", value=args.name)
+    print("\n".join(render(progress)))
     return EXIT_OK
 
 
