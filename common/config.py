@@ -394,6 +394,10 @@ class StorageSection(_Section):
     results_dir. Put no password here: use the environment."""
     results_dir: str = "servetune-results"
     """Where logs, benchmark outputs and Tune's state go (relative to the study file)."""
+    outage_s: float = Field(default=300.0, ge=0)
+    """How long trials and the driver wait out an unreachable database once the study has
+    started: results are spooled to a file next to the trial's logs meanwhile and written
+    in order when it is back. (At the start an unreachable database fails the study.)"""
 
 
 class StudyConfig(_Section):

@@ -26,6 +26,7 @@ from common.params import world_size
 from common.results import FailureReason, TrialRecord, TrialStatus, latest_attempts, utcnow
 from common.scoring import LevelVerdict, evaluate, failure_score, pareto_front, score
 from common.store import Store
+from common.store.spool import SPOOL_NAME, SpoolingStore, flush_spools, with_retries
 from manager.baseline import baseline_flags
 from manager.faults import (
     LazyStore,
@@ -110,23 +111,33 @@ def run_study(study: StudyConfig, paths: StudyPaths) -> StudyOutcome:
             tuner.fit()
             # Tune ends a run on Ctrl-C without raising: the search was cut short if a trial
             # is still running in the store (stopped under it) or fewer than planned ran.
-            interrupted = _search_cut_short(store, study, planned)
+            interrupted = with_retries(lambda: _search_cut_short(store, study, planned),
+                                       study.storage.outage_s)
             if baseline is not None and not interrupted:
                 print(_baseline_result(baseline), flush=True)
         except KeyboardInterrupt:
             interrupted = True
         if baseline is not None and interrupted:
             ray.cancel(baseline, force=True)
+        outage_s = study.storage.outage_s
+        # Results a trial spooled through a database outage and could not write itself.
+        written, left = flush_spools(paths.results_dir / study.name, paths.database_url,
+                                     outage_s)
+        if written or left:
+            print(f"spooled results: {written} written"
+                  f"{f', {left} still spooled (servetune resume writes them)' if left else ''}",
+                  flush=True)
         # Trials stopped under Tune (and a cancelled baseline) never recorded an end.
-        cancelled = _cancel_unfinished(store, study.name)
+        cancelled = with_retries(lambda: _cancel_unfinished(store, study.name), outage_s)
         interrupted = interrupted or bool(cancelled)
-        trials = latest_attempts(store.trials(study.name))
+        trials = latest_attempts(with_retries(lambda: store.trials(study.name), outage_s))
         front = study_pareto_front(study, trials)
         outcome = StudyOutcome(study.name, trials, time.monotonic() - started, interrupted,
                                front)
         best = outcome.best
-        store.finish_study(study.name, "cancelled" if interrupted else "succeeded",
-                           best.number if best else None, front)
+        with_retries(lambda: store.finish_study(
+            study.name, "cancelled" if interrupted else "succeeded",
+            best.number if best else None, front), outage_s)
         _clean_containers(study, "after the study")
         return outcome
     finally:
@@ -212,9 +223,15 @@ def _tuner(study: StudyConfig, plan: SearchPlan, paths: StudyPaths,
         number = trial_number(trial)
         params = trial_params(study, trial_flags(study, plan, trial.config))
         store = lazy.get()
-        record = unschedulable_record(name, number, store.next_attempt(name, number), params,
-                                      needs, largest, study.cluster.unschedulable_after_s)
-        store.save_trial(record)
+
+        def save() -> TrialRecord:
+            record = unschedulable_record(name, number, store.next_attempt(name, number),
+                                          params, needs, largest,
+                                          study.cluster.unschedulable_after_s)
+            store.save_trial(record)
+            return record
+
+        record = with_retries(save, study.storage.outage_s)
         print(f"trial {number}: unschedulable: {record.message}", flush=True)
 
     return tune.Tuner(
@@ -270,13 +287,13 @@ def _baseline_task(study_json: dict[str, Any], flags: dict[str, Any], results_di
     """Run the baseline trial in a Ray task holding its GPUs; returns a line about it."""
     study = StudyConfig.model_validate(study_json)
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
-    store = Store.open(database_url)
+    store = _trial_store(study, 0, results_dir, database_url)
     try:
         spec = _spec(study, 0, f"{study.name}-baseline", flags, gpu_ids, results_dir,
                      baseline=True, attempt=store.next_attempt(study.name, 0))
         record = run_trial(spec, store)
     finally:
-        store.close()
+        _close_trial_store(store)
     outcome = (f"objective {record.objective_value:.4g}" if record.objective_value is not None
                and record.status is TrialStatus.SUCCEEDED
                else f"failed ({record.reason.value if record.reason else '?'})")
@@ -326,14 +343,14 @@ def servetune_trial(config: dict[str, Any], *, study_json: dict[str, Any], plan:
         tune.report({SCORE: value, "final": False, "concurrency": verdict.concurrency,
                      "level_compliant": verdict.compliant})
 
-    store = Store.open(database_url)
+    store = _trial_store(study, number, results_dir, database_url)
     try:
         # A retried trial (its actor died, or the platform failed it) is a new attempt.
         spec = _spec(study, number, context.get_trial_id(), trial_flags(study, plan, config),
                      gpu_ids, results_dir, attempt=store.next_attempt(study.name, number))
         record = run_trial(spec, store, on_level if not study.objective.multi else None)
     finally:
-        store.close()
+        _close_trial_store(store)
     result: dict[str, Any] = {
         SCORE: record.score, "objective": record.objective_value, "final": True,
         "status": record.status.value, "reason": record.reason.value if record.reason else "",
@@ -341,6 +358,24 @@ def servetune_trial(config: dict[str, Any], *, study_json: dict[str, Any], plan:
     if study.objective.multi:
         result.update(zip(metrics, record.objective_values or [], strict=False))
     tune.report(result)
+
+
+def _trial_store(study: StudyConfig, number: int, results_dir: str,
+                 database_url: str) -> SpoolingStore:
+    """The trial's writes, spooled next to its logs while the database is unreachable."""
+    spool = Path(results_dir) / study.name / f"trial-{number:04d}" / SPOOL_NAME
+    return SpoolingStore(database_url, spool, outage_s=study.storage.outage_s)
+
+
+def _close_trial_store(store: SpoolingStore) -> None:
+    """Wait out a database outage (``storage.outage_s``) for the spooled results; what is
+    still spooled then stays on disk for the driver (or ``servetune resume``) to write."""
+    try:
+        if not store.drain():
+            logger.error("database %s still unreachable: %d result(s) left in %s",
+                         store.url, store.pending(), store.spool_path)
+    finally:
+        store.close()
 
 
 def trial_params(study: StudyConfig, flags: dict[str, Any]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler
 
+from common.errors import StoreUnavailable
 from common.results import FailureReason, TrialRecord, TrialStatus, utcnow
 from common.store import Store
 
@@ -88,6 +89,7 @@ class TrialFaults(Callback):
         self.clock = clock
         # (number, attempt) -> (node id, watch until)
         self._suspects: dict[tuple[int, int], tuple[str, float]] = {}
+        self._unrecorded: list[tuple[Trial, bool]] = []  # lost while the database was away
         self._last_poll = float("-inf")
 
     @property
@@ -104,16 +106,36 @@ class TrialFaults(Callback):
 
     def on_step_begin(self, iteration: int, trials: list[Trial], **info: Any) -> None:
         now = self.clock()
-        if self._suspects and now - self._last_poll >= CAPACITY_POLL_S:
+        if (self._suspects or self._unrecorded) and now - self._last_poll >= CAPACITY_POLL_S:
             self._last_poll = now
-            self._confirm_lost_nodes(now)
+            try:
+                for trial, retried in list(self._unrecorded):
+                    self._unrecorded.remove((trial, retried))
+                    self._record_lost(trial, retried=retried)
+                self._confirm_lost_nodes(now)
+            except StoreUnavailable as e:
+                logger.warning("database unavailable; lost attempts recorded later: %s", e)
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        for trial, retried in list(self._unrecorded):
+            self._unrecorded.remove((trial, retried))
+            self._record_lost(trial, retried=retried)
         if self._suspects:
-            self._confirm_lost_nodes(self.clock())
+            try:
+                self._confirm_lost_nodes(self.clock())
+            except StoreUnavailable as e:
+                logger.warning("database unavailable; node losses not confirmed: %s", e)
         self._store.close()
 
     def _record_lost(self, trial: Trial, *, retried: bool) -> None:
+        try:
+            self._end_running(trial, retried=retried)
+        except StoreUnavailable as e:  # a database outage must not end the study: later
+            logger.warning("database unavailable; trial %s's lost attempt recorded later: %s",
+                           trial, e)
+            self._unrecorded.append((trial, retried))
+
+    def _end_running(self, trial: Trial, *, retried: bool) -> None:
         number = trial_number(trial)
         running = [r for r in self.store.attempts(self.study, number)
                    if r.status is TrialStatus.RUNNING]

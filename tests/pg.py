@@ -102,10 +102,19 @@ class PostgresCluster:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return self.url(name)
 
-    def _start(self) -> None:
+    def stop(self) -> None:
+        """Stop the server (an outage: clients' connections break); ``start`` brings it back
+        on the same port."""
+        self._run(["pg_ctl", "stop", "-D", str(self.data_dir), "-m", "fast", "-w"])
+
+    def start(self) -> None:
+        self._start(keep_port=True)
+
+    def _start(self, keep_port: bool = False) -> None:
         failure = ""
-        for _ in range(_START_ATTEMPTS):
-            self.port = free_port()
+        for _ in range(1 if keep_port else _START_ATTEMPTS):
+            if not keep_port:
+                self.port = free_port()
             server_options = " ".join([
                 f"-p {self.port}", f"-k {shlex.quote(str(self.root))}",
                 "-c listen_addresses=127.0.0.1",

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from common.benchmark import LevelMetrics
 from common.config import BenchmarkSection, ObjectiveSection
@@ -31,7 +31,6 @@ from common.scoring import (
     score,
     stops_early,
 )
-from common.store import Store
 from worker.benchmark.genai_bench import GenaiBenchError, GenaiBenchRun
 from worker.benchmark.genai_bench import run as run_genai_bench
 from worker.engines import get_engine
@@ -83,7 +82,14 @@ class TrialSpec:
     docker: dict[str, Any] | None = None
 
 
-def run_trial(spec: TrialSpec, store: Store,
+class TrialSink(Protocol):
+    """Where a trial writes its attempt: a ``Store``, or a ``SpoolingStore`` that outlives a
+    database outage."""
+
+    def save_trial(self, record: TrialRecord) -> None: ...
+
+
+def run_trial(spec: TrialSpec, store: TrialSink,
               on_level: LevelCallback | None = None) -> TrialRecord:
     """Deploy, benchmark, score and store one trial; returns its terminal record.
 

@@ -140,9 +140,9 @@ def test_study_submitted_as_a_ray_job_stores_every_trial_in_postgresql(
         assert trial.status is not TrialStatus.RUNNING and trial.finished_at is not None
         assert trial.status is TrialStatus.SUCCEEDED, (trial.number, trial.message)
         # The node's address as the trial saw it (the routed one: not always Ray's
-        # --node-ip-address), and Ray's node id where the store records it.
+        # --node-ip-address), and Ray's node id.
         assert trial.node, trial
-        assert getattr(trial, "node_id", head_node_id) in (head_node_id, ""), trial
+        assert trial.node_id == head_node_id, trial
         assert len(trial.gpu_ids) == int(trial.params.get("tensor-parallel-size", 1))
     with psycopg.connect(url.replace("postgresql+psycopg", "postgresql")) as conn:
         rows = conn.execute("SELECT count(*), count(DISTINCT number) FROM trials").fetchone()
