@@ -27,7 +27,7 @@ test-fast: setup
 	$(PY) -m pytest -m "not integration"
 
 quickstart: setup
-	$(VENV)/bin/servetune run examples/quickstart.yaml
+	$(VENV)/bin/servetune run --replace examples/quickstart.yaml
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache servetune-results

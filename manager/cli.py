@@ -59,7 +59,20 @@ def _parser() -> argparse.ArgumentParser:
                      "(default: the study's cluster.address)")
     run.add_argument("--database-url", help="SQLAlchemy URL (default: $SERVETUNE_DATABASE_URL, "
                      "else the study's storage.database_url, else SQLite in the results dir)")
+    run.add_argument("--replace", action="store_true", help="delete an earlier run of this "
+                     "study (same name) from the database first, instead of refusing to mix "
+                     "their trials")
     run.set_defaults(handler=_run)
+
+    resume = sub.add_parser("resume", help="continue a study whose driver died (from the "
+                            "database: lost and cancelled trials run again, finished ones "
+                            "are kept)")
+    resume.add_argument("study", help="the study file, or the study's name (its config is "
+                        "read from the database)")
+    resume.add_argument("--address", help="Ray address (default: the study's cluster.address)")
+    resume.add_argument("--database-url", help="default: $SERVETUNE_DATABASE_URL, else the "
+                        "study's storage.database_url, else SQLite in the results dir")
+    resume.set_defaults(handler=_resume)
 
     validate = sub.add_parser("validate", help="check a study without running it")
     validate.add_argument("study", type=Path)
@@ -147,11 +160,61 @@ def _run(args: argparse.Namespace) -> int:
             print(line)
     print(f"study {study.name}: results in {paths.results_dir}, database "
           f"{_redact(paths.database_url)}", flush=True)
+    if args.replace:
+        from common.store import Store
+
+        with Store.open(paths.database_url) as store:
+            if store.delete_study(study.name):
+                print(f"--replace: deleted the earlier run of {study.name} from the database",
+                      flush=True)
     outcome = run_study(study, paths)
     _print_summary(study, outcome.trials, outcome.pareto_front)
     if outcome.interrupted:
         print("interrupted: running trials were stopped and torn down; finished trials are "
-              "in the database")
+              "in the database; `servetune resume` continues the study")
+        return EXIT_FAILURE
+    print(f"{len(outcome.trials)} trials in {outcome.wall_s:.0f} s")
+    return EXIT_OK if outcome.best else EXIT_FAILURE
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from common.store import Store
+    from manager.driver import run_study
+    from manager.paths import StudyPaths
+
+    path = Path(args.study)
+    if path.is_file():
+        study = _load(path, args.address)
+        paths = StudyPaths.resolve(study, path.resolve().parent, args.database_url)
+        name = study.name
+    else:
+        name = args.study
+        url = (args.database_url or os.environ.get("SERVETUNE_DATABASE_URL")
+               or f"sqlite:///{Path('servetune-results/servetune.db').resolve()}")
+        with Store.open(url) as store:
+            info = store.study(name)
+        if info is None:
+            raise ConfigError(f"no study named {name!r} in {_redact(url)} (and no such file)",
+                              path="study", value=name)
+        study = StudyConfig.model_validate(info.config)
+        if args.address:
+            study = study.model_copy(update={
+                "cluster": study.cluster.model_copy(update={"address": args.address})})
+        paths = StudyPaths.resolve(study, Path.cwd(), url)
+    with Store.open(paths.database_url) as store:
+        info = store.study(name)
+    if info is None:
+        raise ConfigError(f"study {name!r} is not in {_redact(paths.database_url)}: nothing to "
+                          "resume (`servetune run` starts it)", path="study", value=name)
+    if info.status.value == "succeeded":
+        print(f"study {name} already finished; nothing to resume")
+        return EXIT_OK
+    print(f"study {name}: results in {paths.results_dir}, database "
+          f"{_redact(paths.database_url)}", flush=True)
+    outcome = run_study(study, paths, resume=True)
+    _print_summary(study, outcome.trials, outcome.pareto_front)
+    if outcome.interrupted:
+        print("interrupted: `servetune resume` continues it again")
         return EXIT_FAILURE
     print(f"{len(outcome.trials)} trials in {outcome.wall_s:.0f} s")
     return EXIT_OK if outcome.best else EXIT_FAILURE

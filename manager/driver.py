@@ -13,6 +13,7 @@ import os
 import socket
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import ray
 from ray import tune
 
 from common.config import StudyConfig
+from common.errors import ConfigError
 from common.intent import trial_intent
 from common.params import world_size
 from common.results import FailureReason, TrialRecord, TrialStatus, latest_attempts, utcnow
@@ -38,6 +40,7 @@ from manager.faults import (
 from manager.paths import StudyPaths
 from manager.preflight import preflight
 from manager.progress import ProgressPrinter
+from manager.resume import Resumption, prepare_resume
 from manager.search import SCORE, make_searcher, objective_metrics
 from manager.space import SearchPlan, build_plan, trial_flags
 from manager.warm_start import warm_start_points
@@ -87,24 +90,50 @@ def cluster_max_node_gpus(study: StudyConfig) -> int:
     return int(max((n.get("Resources", {}).get("GPU", 0) for n in nodes), default=0))
 
 
-def run_study(study: StudyConfig, paths: StudyPaths) -> StudyOutcome:
-    """Run a study to the end (or until Ctrl-C); every trial ends in the store."""
+def run_study(study: StudyConfig, paths: StudyPaths, resume: bool = False) -> StudyOutcome:
+    """Run a study to the end (or until Ctrl-C); every trial ends in the store.
+
+    ``resume``: continue a study already in the store whose driver died
+    (``manager.resume``): its running attempts become ``driver_lost``, lost and cancelled
+    trials run again under their numbers, finished ones seed the searcher."""
     preflight(study)
     if study.cluster.address == "local":
         plan = build_plan(study, study.cluster.gpus_per_node)  # before Ray starts
     paths.results_dir.mkdir(parents=True, exist_ok=True)
     store = Store.open(paths.database_url)
+    if not resume:
+        try:
+            _refuse_existing(store, study.name)
+        except BaseException:
+            store.close()
+            raise
     started = time.monotonic()
     _start_ray(study)
     interrupted = False
     try:
         if study.cluster.address != "local":
             plan = build_plan(study, cluster_max_node_gpus(study))
-        store.create_study(study.name, study.model_dump(mode="json"))
+        resumption = None
+        if resume:
+            written, _ = flush_spools(paths.results_dir / study.name, paths.database_url)
+            store.create_study(study.name, study.model_dump(mode="json"))
+            resumption = prepare_resume(study, plan, store)
+            lost = len(resumption.driver_lost)
+            print(f"resuming {study.name}: {resumption.finished_count} trial(s) finished, "
+                  f"{len(resumption.rerun)} to run again"
+                  + (f" ({lost} were running: driver_lost)" if lost else "")
+                  + (f", {written} spooled result(s) written" if written else ""), flush=True)
+        else:
+            store.create_study(study.name, study.model_dump(mode="json"))
         _clean_containers(study, "before the study")
         warm = warm_start_points(study, plan, store)
-        baseline = _start_baseline(study, plan, paths)
-        tuner = _tuner(study, plan, paths, warm, first_number=1 if baseline else 0)
+        baseline = (None if resumption is not None and resumption.baseline_done
+                    else _start_baseline(study, plan, paths))
+        if resumption is not None:
+            tuner = _tuner(study, plan, paths, warm, first_number=resumption.next_number,
+                           resume=resumption)
+        else:
+            tuner = _tuner(study, plan, paths, warm, first_number=1 if baseline else 0)
         planned = len(plan.grid_points) if plan.grid_points is not None else (
             study.search.max_trials)
         try:
@@ -143,6 +172,17 @@ def run_study(study: StudyConfig, paths: StudyPaths) -> StudyOutcome:
     finally:
         store.close()
         ray.shutdown()
+
+
+def _refuse_existing(store: Store, name: str) -> None:
+    """A new run must not mix its trials with an earlier run's under the same name."""
+    info = store.study(name)
+    if info is None or not store.trials(name):
+        return
+    raise ConfigError(
+        f"study {name!r} already has {sum(info.trial_counts.values())} trial(s) in the "
+        f"database ({info.status.value}); `servetune resume` continues it, or give the study "
+        "a new name", path="name", value=name)
 
 
 def _search_cut_short(store: Store, study: StudyConfig, planned: int) -> bool:
@@ -203,7 +243,8 @@ def _short_temp_dir() -> str:
 
 
 def _tuner(study: StudyConfig, plan: SearchPlan, paths: StudyPaths,
-           warm: list[tuple[dict[str, Any], float]], first_number: int = 0) -> tune.Tuner:
+           warm: list[tuple[dict[str, Any], float]], first_number: int = 0,
+           resume: Resumption | None = None) -> tune.Tuner:
     trainable = tune.with_parameters(
         servetune_trial, study_json=study.model_dump(mode="json"),
         plan=plan, results_dir=str(paths.results_dir), database_url=paths.database_url)
@@ -214,7 +255,7 @@ def _tuner(study: StudyConfig, plan: SearchPlan, paths: StudyPaths,
         gpus = world_size(engine, trial_flags(study, plan, config))
         return tune.PlacementGroupFactory([{"CPU": cpus, "GPU": gpus}])
 
-    setup = make_searcher(study, plan, warm)
+    setup = make_searcher(study, plan, warm, resume)
     name = study.name
 
     lazy = LazyStore(paths.database_url)
@@ -243,7 +284,8 @@ def _tuner(study: StudyConfig, plan: SearchPlan, paths: StudyPaths,
             time_budget_s=study.search.time_budget_s,
             scheduler=ServetuneScheduler(study.cluster.unschedulable_after_s,
                                          record_unschedulable),
-            trial_name_creator=TrialNamer(name, first_number),
+            trial_name_creator=TrialNamer(name, first_number,
+                                          resume.numbers() if resume else ()),
             trial_dirname_creator=lambda t: t.custom_trial_name),
         run_config=tune.RunConfig(
             name=name, storage_path=str(paths.results_dir / "ray"), verbose=0,
@@ -308,12 +350,18 @@ class TrialNamer:
     driver process (the only place trials are created)."""
 
     _next: dict[str, int] = {}
+    _reused: dict[str, list[int]] = {}
 
-    def __init__(self, study: str, first: int = 0) -> None:
+    def __init__(self, study: str, first: int = 0, reuse: Sequence[int] = ()) -> None:
         self.study = study
         TrialNamer._next[study] = first
+        # A resumed study runs its lost trials again first, under their own numbers.
+        TrialNamer._reused[study] = list(reuse)
 
     def __call__(self, trial: Any) -> str:
+        reused = TrialNamer._reused.get(self.study)
+        if reused:
+            return f"{self.study}-{reused.pop(0):04d}"
         number = TrialNamer._next.get(self.study, 0)
         TrialNamer._next[self.study] = number + 1
         return f"{self.study}-{number:04d}"

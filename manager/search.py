@@ -20,6 +20,7 @@ from ray.tune.search import BasicVariantGenerator, Searcher
 
 from common.config import StudyConfig
 from common.errors import ConfigError
+from manager.resume import ResumingOptunaSearch, Resumption, point_key
 from manager.space import SearchPlan
 
 SCORE = "score"
@@ -46,14 +47,16 @@ def objective_metrics(study: StudyConfig) -> tuple[list[str], list[str]]:
 
 
 def make_searcher(study: StudyConfig, plan: SearchPlan,
-                  warm_points: list[tuple[dict[str, Any], float]] | None = None) -> SearchSetup:
-    """The searcher of ``study.search.algorithm`` over ``plan``."""
+                  warm_points: list[tuple[dict[str, Any], float]] | None = None,
+                  resume: Resumption | None = None) -> SearchSetup:
+    """The searcher of ``study.search.algorithm`` over ``plan``; for a resumed study, the
+    trials to run again come first and finished ones are not run again."""
     factory = SEARCHERS.get("grid" if plan.grid_points is not None else study.search.algorithm)
     if factory is None:
         raise ConfigError(f"search.algorithm: unknown searcher {study.search.algorithm!r}",
                           path="search.algorithm", value=study.search.algorithm,
                           allowed=sorted(SEARCHERS))
-    return factory(study, plan, warm_points or [])
+    return factory(study, plan, warm_points or [], resume)
 
 
 def make_sampler(study: StudyConfig) -> Any:
@@ -75,27 +78,51 @@ def _single_metric(study: StudyConfig) -> tuple[str | None, str | None]:
     return (None, None) if study.objective.multi else (SCORE, "max")
 
 
-def _grid(study: StudyConfig, plan: SearchPlan, warm: list[Any]) -> SearchSetup:
+def _grid(study: StudyConfig, plan: SearchPlan, warm: list[Any],
+          resume: Resumption | None) -> SearchSetup:
     points = plan.grid_points or []
+    space = {key: tune.choice(sorted({p[key] for p in points}, key=str)) for key in points[0]}
+    if resume is not None:
+        again = [point for _, point in resume.rerun]
+        skip = resume.done_points | {point_key(p) for p in again}
+        points = again + [p for p in points if point_key(p) not in skip]
     searcher = BasicVariantGenerator(points_to_evaluate=points,
                                      max_concurrent=study.search.max_concurrent_trials)
     # The points are given explicitly; Tune still wants each key declared in the space.
-    space = {key: tune.choice(sorted({p[key] for p in points}, key=str)) for key in points[0]}
     return SearchSetup(searcher, len(points), space, *_single_metric(study))
 
 
-def _random(study: StudyConfig, plan: SearchPlan, warm: list[Any]) -> SearchSetup:
-    searcher = BasicVariantGenerator(random_state=study.search.seed,
+def _random(study: StudyConfig, plan: SearchPlan, warm: list[Any],
+            resume: Resumption | None) -> SearchSetup:
+    again = [point for _, point in resume.rerun] if resume else []
+    searcher = BasicVariantGenerator(points_to_evaluate=again or None,
+                                     random_state=study.search.seed,
                                      max_concurrent=study.search.max_concurrent_trials)
-    return SearchSetup(searcher, study.search.max_trials, plan.param_space,
+    return SearchSetup(searcher, _budget(study, resume), plan.param_space,
                        *_single_metric(study))
 
 
-def _optuna(study: StudyConfig, plan: SearchPlan,
-            warm: list[tuple[dict[str, Any], float]]) -> SearchSetup:
+def _budget(study: StudyConfig, resume: Resumption | None) -> int:
+    """Trials still to start: the study's budget less those that finished before."""
+    if resume is None:
+        return study.search.max_trials
+    return max(study.search.max_trials - resume.finished_count, len(resume.rerun))
+
+
+def _optuna(study: StudyConfig, plan: SearchPlan, warm: list[tuple[dict[str, Any], float]],
+            resume: Resumption | None) -> SearchSetup:
     from ray.tune.search.optuna import OptunaSearch
 
     metrics, modes = objective_metrics(study)
+    if resume is not None:
+        finished = [*resume.finished, *((point, [score]) for point, score in warm)]
+        rerun = [point for _, point in resume.rerun]
+        multi = study.objective.multi
+        searcher = ResumingOptunaSearch(
+            metric=metrics if multi else SCORE, mode=modes if multi else "max",
+            sampler=make_sampler(study), finished=finished, rerun=rerun)
+        return SearchSetup(searcher, _budget(study, resume), plan.param_space,
+                           *_single_metric(study))
     kwargs: dict[str, Any] = {}
     if warm:
         kwargs = {"points_to_evaluate": [p for p, _ in warm],

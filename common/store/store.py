@@ -130,6 +130,16 @@ class Store:
             logger.warning("study %s exists with a different config; keeping the stored one "
                            "(use a new study name to run another config)", name)
 
+    def delete_study(self, name: str) -> bool:
+        """Delete study ``name`` with every trial attempt and benchmark run of it; False when
+        there is no such study."""
+        with self._transaction() as session:
+            row = session.scalar(select(StudyRow).where(StudyRow.name == name))
+            if row is None:
+                return False
+            session.delete(row)
+        return True
+
     def finish_study(self, name: str, status: str | StudyStatus,
                      best_trial_number: int | None,
                      pareto_front: Sequence[int] | None = None) -> None:

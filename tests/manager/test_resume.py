@@ -1,0 +1,136 @@
+"""The driver killed with SIGKILL in the middle of a sweep, then ``servetune resume``: the study
+completes from the database with no lost and no duplicated trial, the attempts that were
+running are recorded as driver_lost, and no engine process is left."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from common.results import FailureReason, TrialStatus, latest_attempts
+from common.store import Store
+from tests.manager.test_driver import _processes_labelled
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+REPO = Path(__file__).resolve().parents[2]
+STUDY = """\
+name: resume-test
+model: {name: meta-llama/Llama-3.1-8B-Instruct}
+engine: {name: vllm, simulated: true}
+search_space: {max-num-seqs: [16, 32, 64, 128, 256]}
+search: {algorithm: grid, max_concurrent_trials: 2, baseline: true}
+benchmark: {scenarios: ['D(128,32)'], concurrency: [4], requests_per_level: 8,
+            timeouts: {startup_s: 60}}
+cluster: {gpus_per_node: 2, dashboard: false}
+"""
+
+
+def _trials(db: Path) -> list:  # type: ignore[type-arg]
+    try:
+        with Store.open(f"sqlite:///{db}") as store:
+            return store.trials("resume-test")
+    except Exception:  # noqa: BLE001 - not created yet
+        return []
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "manager.cli", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def test_a_killed_driver_is_resumed_without_lost_or_duplicated_trials(tmp_path: Path) -> None:
+    study_file = tmp_path / "study.yaml"
+    study_file.write_text(STUDY)
+    db = tmp_path / "servetune-results" / "servetune.db"
+    env = dict(os.environ, SERVETUNE_RAY_TMPDIR=str(Path(
+        __import__("tempfile").mkdtemp(prefix="st-rs-", dir="/tmp"))))
+    driver = _cli("run", str(study_file), env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            rows = _trials(db)
+            done = [t for t in rows if t.status is TrialStatus.SUCCEEDED and not t.baseline]
+            if done and any(t.status is TrialStatus.RUNNING for t in rows):
+                break
+            assert driver.poll() is None, driver.communicate()[0]
+            time.sleep(0.5)
+        else:
+            pytest.fail("the sweep never had a finished and a running trial at once")
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and what it started in its group
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    running_at_kill = {(t.number, t.attempt) for t in _trials(db)
+                       if t.status is TrialStatus.RUNNING}
+    assert running_at_kill
+    # The trials' engines die with their actors (their lifeline), the actors with the driver.
+    deadline = time.monotonic() + 60
+    while _processes_labelled("resume-test") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _processes_labelled("resume-test") == []
+
+    resumed = _cli("resume", str(study_file), env=env)
+    output, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, output
+    assert "resuming resume-test" in output and "driver_lost" in output
+
+    rows = _trials(db)
+    finals = latest_attempts(rows)
+    assert [t.number for t in finals] == list(range(6))  # the baseline (0) and 5 grid points
+    assert all(t.status is TrialStatus.SUCCEEDED for t in finals), [
+        (t.number, t.attempt, t.reason, t.message) for t in rows]
+    # No duplicate: one succeeded row per trial, each grid point run to the end once.
+    succeeded = [t for t in rows if t.status is TrialStatus.SUCCEEDED]
+    assert sorted(t.number for t in succeeded) == list(range(6))
+    searched = [t.params["max-num-seqs"] for t in succeeded if not t.baseline]
+    assert sorted(searched) == [16, 32, 64, 128, 256]
+    # The attempts that were running became driver_lost and ran again as their next attempt.
+    for number, attempt in running_at_kill:
+        lost = next(t for t in rows if (t.number, t.attempt) == (number, attempt))
+        assert lost.status is TrialStatus.FAILED and lost.reason is FailureReason.DRIVER_LOST
+        assert any(t.number == number and t.attempt > attempt
+                   and t.status is TrialStatus.SUCCEEDED for t in rows)
+    assert not [t for t in rows if t.status is TrialStatus.RUNNING]
+    assert _processes_labelled("resume-test") == []
+
+
+def test_run_refuses_to_mix_with_an_earlier_run_and_resume_knows_a_finished_study(
+        tmp_path: Path) -> None:
+    """Before Ray starts: a second `run` of a study name that has trials is a configuration
+    error naming `servetune resume`; `--replace` deletes the earlier run; `resume` of a
+    finished study has nothing to do."""
+    from common.results import TrialRecord, utcnow
+
+    study_file = tmp_path / "study.yaml"
+    study_file.write_text(STUDY)
+    db = tmp_path / "servetune-results" / "servetune.db"
+    with Store.open(f"sqlite:///{db}") as store:
+        store.create_study("resume-test", {"name": "resume-test"})
+        store.save_trial(TrialRecord(study="resume-test", number=0, status=TrialStatus.FAILED,
+                                     reason=FailureReason.ENGINE_CRASH, finished_at=utcnow()))
+    again = subprocess.run([sys.executable, "-m", "manager.cli", "run", str(study_file)],
+                           cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2, again.stdout + again.stderr
+    assert "already has 1 trial(s)" in again.stderr and "servetune resume" in again.stderr
+    assert "Traceback" not in again.stderr
+    with Store.open(f"sqlite:///{db}") as store:
+        store.finish_study("resume-test", "succeeded", None)
+        assert store.delete_study("resume-test") is True
+        assert store.trials("resume-test") == [] and store.study("resume-test") is None
+        store.create_study("resume-test", {"name": "resume-test"})
+        store.finish_study("resume-test", "succeeded", None)
+    done = subprocess.run([sys.executable, "-m", "manager.cli", "resume", str(study_file)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "nothing to resume" in done.stdout, done.stderr
+    unknown = subprocess.run([sys.executable, "-m", "manager.cli", "resume", "no-such-study",
+                              "--database-url", f"sqlite:///{db}"],
+                             cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert unknown.returncode == 2 and "no study named 'no-such-study'" in unknown.stderr
