@@ -201,6 +201,15 @@ class SearchSection(_Section):
     warm_start: bool | list[str] = False
     """Seed the searcher with earlier trials from the database: true takes every study with
     the same model, engine, GPU type, workload and objective; a list names the studies."""
+    scheduler: Literal["fifo", "asha"] = "fifo"
+    """fifo: every trial runs its whole benchmark (unless an SLO stops it early); asha: Ray
+    Tune's asynchronous successive halving, fed each benchmark level's score as the trial
+    runs: a trial scoring below the best 1/reduction_factor of those that reached the same
+    level is stopped there (stored as ``pruned``). Single-objective studies only."""
+    grace_levels: int = Field(default=1, ge=1)
+    """ASHA: benchmark levels every trial runs before it can be stopped."""
+    reduction_factor: float = Field(default=3.0, gt=1)
+    """ASHA: keep the best 1/reduction_factor of the trials at each rung."""
 
     @field_validator("baseline_flags", mode="before")
     @classmethod
@@ -559,6 +568,14 @@ class StudyConfig(_Section):
             if unknown:
                 raise ValueError(f"objective.slos.{i}.concurrency: levels {unknown} are not "
                                  f"benchmarked (benchmark.concurrency: {sorted(levels)})")
+        if self.search.scheduler == "asha":
+            if self.objective.multi:
+                raise ValueError("search.scheduler: asha compares one score per level; a "
+                                 "multi-objective study (objective.pareto_with) cannot use it")
+            if len(self.benchmark.scenarios) * len(self.benchmark.concurrency) < 2:
+                raise ValueError("search.scheduler: asha stops trials between benchmark "
+                                 "levels; give benchmark.concurrency (or scenarios) at least "
+                                 "two levels")
         if self.search.warm_start is not False and (
                 self.objective.multi or self.search.algorithm != "tpe"):
             raise ValueError("search.warm_start seeds single-objective TPE studies only (grid "

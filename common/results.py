@@ -35,6 +35,9 @@ class FailureReason(str, enum.Enum):
     INFRA_ERROR = "infra_error"
     # The trial ran past its deadline (``benchmark.timeouts.trial_s``).
     TRIAL_TIMEOUT = "trial_timeout"
+    # Stopped between benchmark levels by the search's scheduler (ASHA): scored on the
+    # levels it ran, below the trials that went on.
+    PRUNED = "pruned"
     # No live node can ever hold the trial's GPUs (capacity lost after the study started).
     UNSCHEDULABLE = "unschedulable"
     CANCELLED = "cancelled"

@@ -20,6 +20,7 @@ from typing import Any
 
 import ray
 from ray import tune
+from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
 from common.config import StudyConfig
 from common.errors import ConfigError
@@ -44,7 +45,7 @@ from manager.resume import Resumption, prepare_resume
 from manager.search import SCORE, make_searcher, objective_metrics
 from manager.space import SearchPlan, build_plan, trial_flags
 from manager.warm_start import warm_start_points
-from worker.trial import TrialSpec, run_trial
+from worker.trial import StopTrial, TrialSpec, run_trial
 
 logger = logging.getLogger(__name__)
 
@@ -283,7 +284,7 @@ def _tuner(study: StudyConfig, plan: SearchPlan, paths: StudyPaths,
             mode=setup.mode, max_concurrent_trials=study.search.max_concurrent_trials,
             time_budget_s=study.search.time_budget_s,
             scheduler=ServetuneScheduler(study.cluster.unschedulable_after_s,
-                                         record_unschedulable),
+                                         record_unschedulable, _inner_scheduler(study)),
             trial_name_creator=TrialNamer(name, first_number,
                                           resume.numbers() if resume else ()),
             trial_dirname_creator=lambda t: t.custom_trial_name),
@@ -292,6 +293,20 @@ def _tuner(study: StudyConfig, plan: SearchPlan, paths: StudyPaths,
             callbacks=[ProgressPrinter(name, setup.num_samples), TrialFaults(name, lazy)],
             failure_config=tune.FailureConfig(max_failures=study.cluster.trial_retries)),
     )
+
+
+def _inner_scheduler(study: StudyConfig) -> TrialScheduler | None:
+    """ASHA over benchmark levels (``search.scheduler: asha``), else Tune's FIFO (None).
+
+    Each level a trial finishes is one Tune iteration (its score so far), and the final
+    report one more; a trial can be stopped after ``grace_levels`` levels."""
+    if study.search.scheduler != "asha":
+        return None
+    levels = len(study.benchmark.scenarios) * len(study.benchmark.concurrency)
+    return AsyncHyperBandScheduler(
+        time_attr="training_iteration", max_t=levels + 1,
+        grace_period=min(study.search.grace_levels, levels),
+        reduction_factor=study.search.reduction_factor)
 
 
 def _start_baseline(study: StudyConfig, plan: SearchPlan,
@@ -388,8 +403,21 @@ def servetune_trial(config: dict[str, Any], *, study_json: dict[str, Any], plan:
         value = (score(study.objective, partial.values[0]) if partial.values is not None
                  else failure_score(study.objective, FailureReason.SLO_VIOLATED, 0.0,
                                     partial.least_violation))
-        tune.report({SCORE: value, "final": False, "concurrency": verdict.concurrency,
-                     "level_compliant": verdict.compliant})
+        try:
+            tune.report({SCORE: value, "final": False, "concurrency": verdict.concurrency,
+                         "level_compliant": verdict.compliant})
+        except SystemExit:  # Tune stops the trial here (the ASHA scheduler pruned it)
+            planned = len(study.benchmark.scenarios) * len(study.benchmark.concurrency)
+            record.status, record.reason, record.score = (
+                TrialStatus.FAILED, FailureReason.PRUNED, value)
+            record.objective_value = partial.values[0] if partial.values is not None else None
+            record.message = (f"stopped by the ASHA scheduler after level "
+                              f"{verdict.scenario} c={verdict.concurrency}: its score so far "
+                              "was below the trials that reached that level")
+            record.phase_timings_s["levels_skipped"] = float(planned - len(record.levels))
+            record.finished_at = utcnow()
+            store.save_trial(record)
+            raise StopTrial from None
 
     store = _trial_store(study, number, results_dir, database_url)
     try:
@@ -447,6 +475,7 @@ def _spec(study: StudyConfig, number: int, trial_id: str, flags: dict[str, Any],
         work_dir=Path(results_dir) / study.name / f"trial-{number:04d}",
         launcher=study.launcher.kind, launcher_command=study.launcher.command,
         env=dict(study.launcher.env), baseline=baseline, early_stop=study.search.early_stop,
+        report_levels=study.search.scheduler == "asha",
         engine_version=study.engine.version,
         docker=(study.launcher.model_dump(mode="json") if study.launcher.kind == "docker"
                 else None))

@@ -23,7 +23,7 @@ from typing import Any
 import ray
 from ray.tune import Callback
 from ray.tune.experiment import Trial
-from ray.tune.schedulers import FIFOScheduler
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from common.errors import StoreUnavailable
 from common.results import FailureReason, TrialRecord, TrialStatus, utcnow
@@ -103,6 +103,27 @@ class TrialFaults(Callback):
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial,
                        **info: Any) -> None:
         self._record_lost(trial, retried=False)
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial,
+                          **info: Any) -> None:
+        """A trial the scheduler stopped before its final report: if its actor went before
+        the trial could record that, record it here as pruned, scored as last reported."""
+        last = trial.last_result or {}
+        if last.get("final", True):
+            return
+        try:
+            running = [r for r in self.store.attempts(self.study, trial_number(trial))
+                       if r.status is TrialStatus.RUNNING]
+            for record in running:
+                record.status = TrialStatus.FAILED
+                record.reason = FailureReason.PRUNED
+                record.score = last.get("score")
+                record.message = (f"stopped by the search's scheduler after level "
+                                  f"{last.get('concurrency', '?')}")
+                record.finished_at = utcnow()
+                self.store.save_trial(record)
+        except StoreUnavailable as e:
+            logger.warning("database unavailable; pruned trial %s not recorded: %s", trial, e)
 
     def on_step_begin(self, iteration: int, trials: list[Trial], **info: Any) -> None:
         now = self.clock()
@@ -203,28 +224,69 @@ def _error_line(trial: Trial) -> str:
     return lines[-1].strip()[:300] if lines else "no error recorded"
 
 
-class ServetuneScheduler(FIFOScheduler):
-    """Tune's FIFO scheduler with a capacity watchdog for pending trials.
+class ServetuneScheduler(TrialScheduler):
+    """A Tune scheduler (FIFO, or ASHA for ``search.scheduler: asha``) with a capacity
+    watchdog for pending trials: every decision is the inner scheduler's.
 
     ``record_unschedulable(trial, needs, largest)`` stores the trial's failed attempt; the
     watchdog then stops the trial in Tune (the searcher sees it pruned)."""
 
     def __init__(self, wait_s: float,
                  record_unschedulable: Callable[[Trial, float, float], None],
+                 inner: TrialScheduler | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
+        self.inner = inner or FIFOScheduler()
         self.wait_s = wait_s
         self.record_unschedulable = record_unschedulable
         self.clock = clock
         self._unfit_since: dict[str, float] = {}
         self._last_poll = float("-inf")
 
+    def set_search_properties(self, metric: str | None, mode: str | None,
+                              **spec: Any) -> bool:
+        return bool(self.inner.set_search_properties(metric, mode, **spec))
+
+    @property
+    def metric(self) -> str | None:
+        return self.inner.metric
+
+    @property
+    def supports_buffered_results(self) -> bool:
+        return bool(self.inner.supports_buffered_results)
+
+    def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
+        self.inner.on_trial_add(tune_controller, trial)
+
+    def on_trial_error(self, tune_controller: Any, trial: Trial) -> None:
+        self.inner.on_trial_error(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller: Any, trial: Trial,
+                        result: dict[str, Any]) -> str:
+        return str(self.inner.on_trial_result(tune_controller, trial, result))
+
+    def on_trial_complete(self, tune_controller: Any, trial: Trial,
+                          result: dict[str, Any]) -> None:
+        self.inner.on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller: Any, trial: Trial) -> None:
+        self.inner.on_trial_remove(tune_controller, trial)
+
+    def debug_string(self) -> str:
+        return str(self.inner.debug_string())
+
+    def save(self, checkpoint_path: str) -> None:
+        self.inner.save(checkpoint_path)
+
+    def restore(self, checkpoint_path: str) -> None:
+        self.inner.restore(checkpoint_path)
+
     def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
         now = self.clock()
         if now - self._last_poll >= CAPACITY_POLL_S:
             self._last_poll = now
             self._watch(tune_controller, now)
-        return super().choose_trial_to_run(tune_controller)
+        return self.inner.choose_trial_to_run(tune_controller)
 
     def _watch(self, tune_controller: Any, now: float) -> None:
         pending = [t for t in tune_controller.get_trials() if t.status == Trial.PENDING]

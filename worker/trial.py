@@ -78,8 +78,16 @@ class TrialSpec:
     baseline: bool = False
     # Run levels one at a time and stop at the first that fails a hard SLO.
     early_stop: bool = True
+    # Watch the benchmark level by level (``on_level`` after each) even without SLOs: the
+    # search's scheduler (ASHA) decides after each level.
+    report_levels: bool = False
     # Docker launcher settings (LauncherSection fields: image, pull, gpu_mode, ...).
     docker: dict[str, Any] | None = None
+
+
+class StopTrial(Exception):  # noqa: N818 - a signal, not an error
+    """Raised by a level callback to end the trial at that level (the search's scheduler
+    stopped it); the callback has made the record final. The engine is torn down."""
 
 
 class TrialSink(Protocol):
@@ -164,6 +172,9 @@ def run_trial(spec: TrialSpec, store: TrialSink,
     except InfraError as e:  # e.g. an image pull past its deadline: recorded, then retried
         _fail(record, spec, FailureReason.INFRA_ERROR, str(e), "")
         raise
+    except StopTrial:  # the scheduler stopped it after a level; the callback recorded it
+        if record.status is TrialStatus.RUNNING:
+            _fail(record, spec, FailureReason.PRUNED, "stopped by the search's scheduler", "")
     finally:
         timings.setdefault("total_s", time.monotonic() - started)
         if record.status is TrialStatus.RUNNING:  # interrupted: nothing else got to record it
@@ -247,7 +258,8 @@ def _benchmark(spec: TrialSpec, deployment: Deployment, record: TrialRecord,
     taken recorded. Otherwise one run covers every level.
     """
     b = spec.benchmark
-    if not (spec.early_stop and _levels_can_fail(spec.objective) and _num_levels(b) > 1):
+    watched = (spec.early_stop and _levels_can_fail(spec.objective)) or spec.report_levels
+    if not (watched and _num_levels(b) > 1):
         record.levels = run_genai_bench(_bench_run(spec, deployment.url),
                                         timeout_s=deadline.remaining()).levels
         return deployment.returncode() is not None

@@ -96,3 +96,16 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
     listed.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="mapping of sections"):
         load_study(listed)
+
+
+def test_asha_needs_one_objective_and_several_levels() -> None:
+    multi = error_of({**MINIMAL, "search": {"scheduler": "asha"},
+                      "objective": {"pareto_with": [{"metric": "ttft", "statistic": "p90"}]}})
+    assert "search.scheduler: asha" in str(multi) and "multi-objective" in str(multi)
+    single = error_of({**MINIMAL, "search": {"scheduler": "asha"},
+                       "benchmark": {"concurrency": [8]}})
+    assert "at least two levels" in str(single)
+    ok = parse_study({**MINIMAL, "search": {"scheduler": "asha", "reduction_factor": 2}})
+    assert ok.search.scheduler == "asha" and ok.search.grace_levels == 1
+    bad = error_of({**MINIMAL, "search": {"scheduler": "hyperband"}})
+    assert "search.scheduler" in str(bad) and "asha" in str(bad)

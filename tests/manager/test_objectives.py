@@ -131,3 +131,38 @@ def test_the_pareto_example_stores_a_non_dominated_front_and_the_cli_prints_it(
                             timeout=120)
     assert listed.returncode == 0, listed.stderr
     assert f"Pareto front ({len(info.pareto_front)} trials)" in listed.stdout
+
+
+def test_asha_stops_a_trial_that_falls_behind_at_a_level_and_stores_it_pruned(
+        tmp_path: Path) -> None:
+    """ASHA over benchmark levels (c=1, 8, 32), one trial at a time: max-num-seqs=1 keeps up at
+    c=1 (one request at a time) but falls far behind the two trials before it at c=8, so the
+    scheduler stops it there; it is stored as pruned with the levels it ran and the score it
+    had, and the engine is gone. The others run every level."""
+    from tests.manager.test_driver import _processes_labelled
+
+    study = parse_study({
+        "name": "asha", "model": {"name": MODEL},
+        "engine": {"name": "vllm", "simulated": True},
+        "search_space": {"max-num-seqs": [256, 128, 1]},
+        "search": {"algorithm": "grid", "max_concurrent_trials": 1, "baseline": False,
+                   "scheduler": "asha", "grace_levels": 1, "reduction_factor": 2},
+        "benchmark": {"scenarios": ["D(128,32)"], "concurrency": [1, 8, 32],
+                      "requests_per_level": 16, "timeouts": {"startup_s": 60}},
+        "cluster": {"gpus_per_node": 1, "dashboard": False}})
+    outcome = run_study(study, StudyPaths.resolve(study, tmp_path))
+    by_seqs = {t.params["max-num-seqs"]: t for t in outcome.trials}
+    assert set(by_seqs) == {256, 128, 1}
+    for seqs in (256, 128):
+        assert by_seqs[seqs].status is TrialStatus.SUCCEEDED, by_seqs[seqs].message
+        assert [lv.concurrency for lv in by_seqs[seqs].levels] == [1, 8, 32]
+    pruned = by_seqs[1]
+    assert pruned.status is TrialStatus.FAILED and pruned.reason is FailureReason.PRUNED, (
+        pruned.reason, pruned.message)
+    assert [lv.concurrency for lv in pruned.levels] == [1, 8]
+    assert pruned.phase_timings_s["levels_skipped"] == 1.0
+    assert pruned.score is not None and 0 < pruned.score < min(
+        by_seqs[256].score or 0, by_seqs[128].score or 0)
+    assert "ASHA" in pruned.message
+    assert outcome.best is not None and outcome.best.number != pruned.number
+    assert _processes_labelled("asha") == []
