@@ -74,6 +74,16 @@ def _parser() -> argparse.ArgumentParser:
                         "study's storage.database_url, else SQLite in the results dir")
     resume.set_defaults(handler=_resume)
 
+    cancel = sub.add_parser("cancel", help="stop a running study: its driver tears its trials "
+                            "down and records them cancelled (`servetune resume` continues it)")
+    cancel.add_argument("name", help="study name")
+    cancel.add_argument("--database-url", help="default: $SERVETUNE_DATABASE_URL, else "
+                        "./servetune-results/servetune.db")
+    cancel.add_argument("--wait", type=float, default=120.0, metavar="SECONDS",
+                        help="wait this long for the driver to stop the study (0: do not wait; "
+                        "default 120)")
+    cancel.set_defaults(handler=_cancel)
+
     validate = sub.add_parser("validate", help="check a study without running it")
     validate.add_argument("study", type=Path)
     validate.set_defaults(handler=_validate)
@@ -218,6 +228,37 @@ def _resume(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     print(f"{len(outcome.trials)} trials in {outcome.wall_s:.0f} s")
     return EXIT_OK if outcome.best else EXIT_FAILURE
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    import time
+
+    from common.store import Store
+
+    url = (args.database_url or os.environ.get("SERVETUNE_DATABASE_URL")
+           or f"sqlite:///{Path('servetune-results/servetune.db').resolve()}")
+    with Store.open(url) as store:
+        info = store.request_cancel(args.name)
+        if info is None:
+            raise ConfigError(f"no study named {args.name!r} in {_redact(url)}", path="name",
+                              value=args.name)
+        if info.status.value != "running":
+            print(f"study {args.name} is not running ({info.status.value}): nothing to cancel")
+            return EXIT_OK
+        print(f"study {args.name}: cancel requested; its driver stops its trials within "
+              "seconds", flush=True)
+        deadline = time.monotonic() + args.wait
+        while args.wait > 0 and time.monotonic() < deadline:
+            time.sleep(1.0)
+            info = store.study(args.name)
+            if info is not None and info.status.value != "running":
+                print(f"study {args.name}: {info.status.value}")
+                return EXIT_OK
+    if args.wait > 0:
+        print(f"study {args.name}: still running after {args.wait:g} s (is its driver alive? "
+              "a dead driver's study is continued with `servetune resume`)")
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 def _study_address(path: Path) -> str | None:

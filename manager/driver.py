@@ -21,6 +21,7 @@ from typing import Any
 import ray
 from ray import tune
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
+from ray.tune.search import BasicVariantGenerator
 
 from common.config import StudyConfig
 from common.errors import ConfigError
@@ -32,6 +33,7 @@ from common.store import Store
 from common.store.spool import SPOOL_NAME, SpoolingStore, flush_spools, with_retries
 from manager.baseline import baseline_flags
 from manager.faults import (
+    CancelRequested,
     LazyStore,
     ServetuneScheduler,
     TrialFaults,
@@ -281,7 +283,11 @@ def _tuner(study: StudyConfig, plan: SearchPlan, paths: StudyPaths,
         param_space=setup.param_space,
         tune_config=tune.TuneConfig(
             search_alg=setup.searcher, num_samples=setup.num_samples, metric=setup.metric,
-            mode=setup.mode, max_concurrent_trials=study.search.max_concurrent_trials,
+            mode=setup.mode,
+            # A BasicVariantGenerator (grid, random) limits concurrency itself; Tune would
+            # warn that the TuneConfig limit is ignored.
+            max_concurrent_trials=(None if isinstance(setup.searcher, BasicVariantGenerator)
+                                   else study.search.max_concurrent_trials),
             time_budget_s=study.search.time_budget_s,
             scheduler=ServetuneScheduler(study.cluster.unschedulable_after_s,
                                          record_unschedulable, _inner_scheduler(study)),
@@ -290,6 +296,7 @@ def _tuner(study: StudyConfig, plan: SearchPlan, paths: StudyPaths,
             trial_dirname_creator=lambda t: t.custom_trial_name),
         run_config=tune.RunConfig(
             name=name, storage_path=str(paths.results_dir / "ray"), verbose=0,
+            stop=CancelRequested(name, lazy),
             callbacks=[ProgressPrinter(name, setup.num_samples), TrialFaults(name, lazy)],
             failure_config=tune.FailureConfig(max_failures=study.cluster.trial_retries)),
     )

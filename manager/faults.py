@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.tune import Callback
+from ray.tune import Callback, Stopper
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
@@ -319,3 +319,32 @@ def unschedulable_record(study: str, number: int, attempt: int, params: dict[str
                  f"{largest:g}; waited {waited_s:g} s (cluster.unschedulable_after_s) for "
                  "capacity that did not come back"),
         started_at=now, finished_at=now)
+
+
+class CancelRequested(Stopper):
+    """Ends the Tune run when ``servetune cancel`` has marked the study in the database
+    (polled every ``CAPACITY_POLL_S``; a database outage never stops the study)."""
+
+    def __init__(self, study: str, store: LazyStore,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.study = study
+        self._store = store
+        self.clock = clock
+        self._last_poll = float("-inf")
+        self.requested = False
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        now = self.clock()
+        if not self.requested and now - self._last_poll >= CAPACITY_POLL_S:
+            self._last_poll = now
+            try:
+                self.requested = self._store.get().cancel_requested(self.study)
+            except StoreUnavailable:
+                return False
+            if self.requested:
+                print(f"study {self.study}: cancel requested (servetune cancel): stopping "
+                      "its trials", flush=True)
+        return self.requested

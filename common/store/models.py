@@ -100,6 +100,8 @@ class StudyRow(Base):
     best_trial_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # Multi-objective studies: the numbers of the trials on the Pareto front (else NULL).
     pareto_front: Mapped[list[int] | None] = mapped_column(JSONType, nullable=True)
+    # ``servetune cancel``: the running driver stops the study when it sees this set.
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     trials: Mapped[list[TrialRow]] = relationship(
         back_populates="study", cascade="all, delete-orphan", passive_deletes=True)

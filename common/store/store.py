@@ -123,12 +123,32 @@ class Store:
             stmt = self._insert(table).values(values)
             stmt = stmt.on_conflict_do_update(
                 index_elements=["name"],
-                set_={"status": StudyStatus.RUNNING.value, "finished_at": None})
+                set_={"status": StudyStatus.RUNNING.value, "finished_at": None,
+                      "cancel_requested_at": None})
             session.execute(stmt)
             stored = session.scalar(select(StudyRow.config).where(StudyRow.name == name))
         if stored != values["config"]:
             logger.warning("study %s exists with a different config; keeping the stored one "
                            "(use a new study name to run another config)", name)
+
+    def request_cancel(self, name: str) -> StudyInfo | None:
+        """Ask the driver running study ``name`` to stop it (it polls ``cancel_requested``);
+        the study as stored, or None when there is none."""
+        with self._transaction() as session:
+            row = session.scalar(select(StudyRow).where(StudyRow.name == name))
+            if row is None:
+                return None
+            if row.status == StudyStatus.RUNNING.value and row.cancel_requested_at is None:
+                row.cancel_requested_at = utcnow()
+            counts = _trial_counts(session, [row.id])
+            return row_to_study_info(row, counts.get(row.id, {}))
+
+    def cancel_requested(self, name: str) -> bool:
+        """Whether ``servetune cancel`` asked to stop the running study ``name``."""
+        with self._transaction() as session:
+            when = session.scalar(select(StudyRow.cancel_requested_at)
+                                  .where(StudyRow.name == name))
+        return when is not None
 
     def delete_study(self, name: str) -> bool:
         """Delete study ``name`` with every trial attempt and benchmark run of it; False when

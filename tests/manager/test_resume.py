@@ -45,6 +45,7 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
                             start_new_session=True)
 
 
+@pytest.mark.timeout(900)
 def test_a_killed_driver_is_resumed_without_lost_or_duplicated_trials(tmp_path: Path) -> None:
     study_file = tmp_path / "study.yaml"
     study_file.write_text(STUDY)
@@ -134,3 +135,45 @@ def test_run_refuses_to_mix_with_an_earlier_run_and_resume_knows_a_finished_stud
                               "--database-url", f"sqlite:///{db}"],
                              cwd=REPO, capture_output=True, text=True, timeout=120)
     assert unknown.returncode == 2 and "no study named 'no-such-study'" in unknown.stderr
+
+
+@pytest.mark.timeout(900)
+def test_cancel_stops_a_running_study_and_resume_finishes_it(tmp_path: Path) -> None:
+    """`servetune cancel` from another process: the driver stops within seconds, the
+    running trials are recorded cancelled, no engine is left, the study is cancelled; then
+    `servetune resume` runs the cancelled trials again and finishes the study."""
+    study_file = tmp_path / "study.yaml"
+    study_file.write_text(STUDY.replace("baseline: true", "baseline: false"))
+    db = tmp_path / "servetune-results" / "servetune.db"
+    env = dict(os.environ, SERVETUNE_RAY_TMPDIR=str(Path(
+        __import__("tempfile").mkdtemp(prefix="st-cn-", dir="/tmp"))))
+    driver = _cli("run", str(study_file), env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while not any(t.status is TrialStatus.RUNNING for t in _trials(db)):
+            assert time.monotonic() < deadline and driver.poll() is None
+            time.sleep(0.5)
+        cancel = subprocess.run([sys.executable, "-m", "manager.cli", "cancel", "resume-test",
+                                 "--database-url", f"sqlite:///{db}"], cwd=REPO, env=env,
+                                capture_output=True, text=True, timeout=300)
+        output, _ = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert cancel.returncode == 0, cancel.stdout + cancel.stderr
+    assert "cancel requested" in cancel.stdout and "resume-test: cancelled" in cancel.stdout
+    assert driver.returncode == 1 and "cancel requested" in output, output
+    rows = _trials(db)
+    assert rows and not [t for t in rows if t.status is TrialStatus.RUNNING]
+    assert any(t.reason is FailureReason.CANCELLED for t in rows)
+    assert _processes_labelled("resume-test") == []
+    with Store.open(f"sqlite:///{db}") as store:
+        info = store.study("resume-test")
+    assert info is not None and info.status.value == "cancelled"
+
+    resumed = _cli("resume", str(study_file), env=env)
+    output, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, output
+    finals = latest_attempts(_trials(db))
+    assert [t.number for t in finals] == list(range(5))
+    assert all(t.status is TrialStatus.SUCCEEDED for t in finals)

@@ -1,5 +1,5 @@
-"""The Ray node id of each trial attempt (nodes of one cluster can share an address) and the
-parallel/quantization intent it ran.
+"""The Ray node id of each trial attempt (nodes of one cluster can share an address), the
+parallel/quantization intent it ran, and a study's cancel request (``servetune cancel``).
 
 Revision ID: 0003
 Revises: 0002
@@ -27,9 +27,14 @@ def upgrade() -> None:
         batch.add_column(sa.Column("node_id", sa.String(64), nullable=False,
                                    server_default=""))
         batch.add_column(sa.Column("intent", JSON, nullable=True))
+    with op.batch_alter_table("studies") as batch:
+        batch.add_column(sa.Column("cancel_requested_at", sa.DateTime(timezone=True),
+                                   nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("studies") as batch:
+        batch.drop_column("cancel_requested_at")
     with op.batch_alter_table("trials") as batch:
         batch.drop_column("intent")
         batch.drop_column("node_id")
