@@ -38,6 +38,7 @@ from worker.gpus import GpuCheck
 from worker.launchers import get_launcher
 from worker.launchers.base import Deployment, DeploymentSpec, Launcher
 from worker.launchers.process import free_port
+from worker.metrics import TrialMetrics
 from worker.sim.tokens import DEFAULT_TOKENIZER_DIR
 
 logger = logging.getLogger(__name__)
@@ -109,6 +110,9 @@ def run_trial(spec: TrialSpec, store: TrialSink,
                          trial_id=spec.trial_id, params=spec.params,
                          intent=dict(spec.intent), gpu_ids=list(spec.gpu_ids),
                          node=spec.node, node_id=spec.node_id, baseline=spec.baseline)
+    # Exported to the Ray dashboard's metrics view (a no-op outside Ray).
+    metrics = TrialMetrics(spec.study, spec.number, spec.attempt, len(spec.gpu_ids),
+                           spec.engine)
     # In a container the engine runs on the image's interpreter, not this node's venv (except
     # the registry-free simulator image, which mounts this node's installation).
     python = {"python": "python3"} if spec.docker and not _mounts_host_python(spec) else {}
@@ -141,15 +145,19 @@ def run_trial(spec: TrialSpec, store: TrialSink,
     deadline = Deadline.after(spec.benchmark.timeouts.trial_s)
     startup_s = spec.benchmark.timeouts.startup_s
     try:
+        metrics.phase("pull" if spec.docker is not None else "startup")
         with launcher.launch(deployment_spec) as deployment:
+            metrics.phase("startup")
             timings.update(deployment.phase_timings_s)  # docker: pull_s, apart from startup
             deployment.wait_ready(deadline.bound(startup_s))
             timings["startup_s"] = time.monotonic() - started - timings.get("pull_s", 0.0)
+            metrics.phase("benchmark")
             bench_started = time.monotonic()
-            crashed = _benchmark(spec, deployment, record, on_level, deadline)
+            crashed = _benchmark(spec, deployment, record, on_level, deadline, metrics)
             timed_out = deadline.expired  # the benchmark was cut short by it (not teardown)
             timings["benchmark_s"] = time.monotonic() - bench_started
             teardown_started = time.monotonic()
+            metrics.phase("teardown")
         timings["teardown_s"] = time.monotonic() - teardown_started
         if timed_out:
             _fail(record, spec, FailureReason.TRIAL_TIMEOUT, deadline.message("benchmark"),
@@ -182,6 +190,7 @@ def run_trial(spec: TrialSpec, store: TrialSink,
         if not record.log_excerpt:
             record.log_excerpt = _tail(log_path)
         record.finished_at = utcnow()
+        metrics.finished(record)
         store.save_trial(record)
     return record
 
@@ -249,7 +258,8 @@ def _launcher(spec: TrialSpec) -> Launcher:
 
 
 def _benchmark(spec: TrialSpec, deployment: Deployment, record: TrialRecord,
-               on_level: LevelCallback | None, deadline: Deadline) -> bool:
+               on_level: LevelCallback | None, deadline: Deadline,
+               metrics: TrialMetrics) -> bool:
     """Benchmark the deployment into ``record.levels``; True if the engine died meanwhile.
 
     With early stopping and SLOs that can fail a level, each scenario is one genai-bench run
@@ -262,6 +272,8 @@ def _benchmark(spec: TrialSpec, deployment: Deployment, record: TrialRecord,
     if not (watched and _num_levels(b) > 1):
         record.levels = run_genai_bench(_bench_run(spec, deployment.url),
                                         timeout_s=deadline.remaining()).levels
+        for level in record.levels:
+            metrics.level(level)
         return deployment.returncode() is not None
     skipped = 0
     for index, scenario in enumerate(b.scenarios):
@@ -271,6 +283,7 @@ def _benchmark(spec: TrialSpec, deployment: Deployment, record: TrialRecord,
         def judge(level: LevelMetrics) -> bool:
             verdict = judge_level(level, spec.objective.slos, spec.objective.max_error_rate)
             record.levels = [*record.levels, level]
+            metrics.level(level)
             if on_level is not None:
                 on_level(record, verdict)
             return stops_early(verdict)
