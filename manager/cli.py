@@ -199,8 +199,7 @@ def _resume(args: argparse.Namespace) -> int:
         name = study.name
     else:
         name = args.study
-        url = (args.database_url or os.environ.get("SERVETUNE_DATABASE_URL")
-               or f"sqlite:///{Path('servetune-results/servetune.db').resolve()}")
+        url = _database_url(args)
         with Store.open(url) as store:
             info = store.study(name)
         if info is None:
@@ -235,8 +234,7 @@ def _cancel(args: argparse.Namespace) -> int:
 
     from common.store import Store
 
-    url = (args.database_url or os.environ.get("SERVETUNE_DATABASE_URL")
-           or f"sqlite:///{Path('servetune-results/servetune.db').resolve()}")
+    url = _database_url(args)
     with Store.open(url) as store:
         info = store.request_cancel(args.name)
         if info is None:
@@ -261,6 +259,12 @@ def _cancel(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _database_url(args: argparse.Namespace) -> str:
+    """--database-url, else $SERVETUNE_DATABASE_URL, else ./servetune-results/servetune.db."""
+    return (args.database_url or os.environ.get("SERVETUNE_DATABASE_URL")
+            or f"sqlite:///{Path('servetune-results/servetune.db').resolve()}")
+
+
 def _study_address(path: Path) -> str | None:
     """The study's own cluster.address (None when unset), read before validation."""
     import yaml
@@ -276,8 +280,7 @@ def _study_address(path: Path) -> str | None:
 def _trials(args: argparse.Namespace) -> int:
     from common.store import Store
 
-    url = (args.database_url or os.environ.get("SERVETUNE_DATABASE_URL")
-           or f"sqlite:///{Path('servetune-results/servetune.db').resolve()}")
+    url = _database_url(args)
     store = Store.open(url)
     try:
         info = store.study(args.name)
@@ -299,8 +302,7 @@ def _status(args: argparse.Namespace) -> int:
     from common.store.readonly import StoreReader
     from manager.status import render, study_progress
 
-    url = (args.database_url or os.environ.get("SERVETUNE_DATABASE_URL")
-           or f"sqlite:///{Path('servetune-results/servetune.db').resolve()}")
+    url = _database_url(args)
     with StoreReader.open(url, pool_size=1) as reader:
         progress = study_progress(reader, args.name, utcnow())
     if progress is None:

@@ -197,16 +197,8 @@ def _search_cut_short(store: Store, study: StudyConfig, planned: int) -> bool:
 
 def _cancel_unfinished(store: Store, study: str) -> list[TrialRecord]:
     """Trials still ``running`` once Tune has returned were stopped under them: cancelled."""
-    cancelled = []
-    for record in store.trials(study):
-        if record.status is TrialStatus.RUNNING:
-            record.status = TrialStatus.FAILED
-            record.reason = FailureReason.CANCELLED
-            record.message = "the study was interrupted while this trial ran"
-            record.finished_at = utcnow()
-            store.save_trial(record)
-            cancelled.append(record)
-    return cancelled
+    return store.end_running(study, FailureReason.CANCELLED,
+                             "the study was interrupted while this trial ran")
 
 
 def _clean_containers(study: StudyConfig, when: str) -> None:

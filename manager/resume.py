@@ -18,7 +18,7 @@ from typing import Any
 from ray.tune.search.optuna import OptunaSearch
 
 from common.config import StudyConfig
-from common.results import FailureReason, TrialRecord, TrialStatus, latest_attempts, utcnow
+from common.results import FailureReason, TrialRecord, TrialStatus, latest_attempts
 from common.store import Store
 from manager.space import SearchPlan, trial_flags
 from manager.warm_start import to_point
@@ -54,15 +54,9 @@ def point_key(point: dict[str, Any]) -> str:
 
 def prepare_resume(study: StudyConfig, plan: SearchPlan, store: Store) -> Resumption:
     """Mark the dead driver's running attempts ``driver_lost`` and work out what is left."""
-    lost = []
-    for record in store.trials(study.name):
-        if record.status is TrialStatus.RUNNING:
-            record.status = TrialStatus.FAILED
-            record.reason = FailureReason.DRIVER_LOST
-            record.message = "the study's driver stopped while this trial ran; run again on resume"
-            record.finished_at = utcnow()
-            store.save_trial(record)
-            lost.append(record)
+    lost = store.end_running(study.name, FailureReason.DRIVER_LOST,
+                             "the study's driver stopped while this trial ran; run again on "
+                             "resume")
     latest = latest_attempts(store.trials(study.name))
     rerun: list[tuple[int, dict[str, Any]]] = []
     finished: list[tuple[dict[str, Any], list[float]]] = []

@@ -19,7 +19,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from common.errors import StoreUnavailable
-from common.results import TrialRecord, TrialStatus, utcnow
+from common.results import FailureReason, TrialRecord, TrialStatus, utcnow
 from common.store.conversions import (
     level_to_values,
     record_to_values,
@@ -222,6 +222,21 @@ class Store:
         with self._transaction() as session:
             last = session.scalar(stmt)
         return 0 if last is None else int(last) + 1
+
+    def end_running(self, study: str, reason: FailureReason,
+                    message: str) -> list[TrialRecord]:
+        """End every attempt of ``study`` still ``running`` as failed with ``reason`` (no
+        live trial will: its driver stopped or died); returns the attempts ended."""
+        ended = []
+        for record in self.trials(study):
+            if record.status is TrialStatus.RUNNING:
+                record.status = TrialStatus.FAILED
+                record.reason = reason
+                record.message = message
+                record.finished_at = utcnow()
+                self.save_trial(record)
+                ended.append(record)
+        return ended
 
     def attempts(self, study: str, number: int) -> list[TrialRecord]:
         """Every attempt of trial ``number`` of ``study``, oldest first, with its levels."""

@@ -375,3 +375,33 @@ def _write_trials(url: str, writer: int, count: int, start: Event) -> None:
         for i in range(count):
             store.save_trial(record(writer * 100 + i))
             store.save_trial(finished(writer * 100 + i))
+
+
+def test_attempts_end_running_cancel_requests_and_delete(store: Store) -> None:
+    """The fault-handling calls on both backends: a retried trial's attempts, ending what a
+    dead driver left running, a cancel request that a new run clears, deleting a study."""
+    from common.results import FailureReason, TrialRecord, TrialStatus, utcnow
+
+    store.create_study("faults", {"name": "faults"})
+    assert store.next_attempt("faults", 3) == 0
+    store.save_trial(TrialRecord(study="faults", number=3, attempt=0, status=TrialStatus.FAILED,
+                                 reason=FailureReason.NODE_LOST, finished_at=utcnow()))
+    store.save_trial(TrialRecord(study="faults", number=3, attempt=1, node_id="n2"))
+    store.save_trial(TrialRecord(study="faults", number=4))
+    assert store.next_attempt("faults", 3) == 2
+    assert [a.attempt for a in store.attempts("faults", 3)] == [0, 1]
+    ended = store.end_running("faults", FailureReason.DRIVER_LOST, "driver gone")
+    assert sorted((r.number, r.attempt) for r in ended) == [(3, 1), (4, 0)]
+    assert [(r.number, r.attempt, r.reason) for r in store.trials("faults")] == [
+        (3, 0, FailureReason.NODE_LOST), (3, 1, FailureReason.DRIVER_LOST),
+        (4, 0, FailureReason.DRIVER_LOST)]
+    assert all(r.finished_at is not None for r in store.trials("faults"))
+    assert store.attempts("faults", 3)[1].node_id == "n2"
+    assert store.end_running("faults", FailureReason.CANCELLED, "x") == []
+    assert not store.cancel_requested("faults")
+    assert store.request_cancel("faults") is not None and store.cancel_requested("faults")
+    store.create_study("faults", {"name": "faults"})  # a resumed run starts uncancelled
+    assert not store.cancel_requested("faults")
+    assert store.request_cancel("nope") is None
+    assert store.delete_study("faults") and store.trials("faults") == []
+    assert store.study("faults") is None and not store.delete_study("faults")
