@@ -5,13 +5,16 @@ of --trials-per-study trials each and --levels benchmark runs per trial (default
 1,000 trials, 10 runs each: 100,000 trials and 1,000,000 runs), generated server-side with
 INSERT ... SELECT over generate_series (seconds, not minutes). Then starts ``servetune serve``
 (one uvicorn process) and, as the floor, a trivial FastAPI route served the same way, and
-sends --requests requests per route from --clients concurrent clients (aiohttp, one asyncio
-loop), each request to a random study / trial. Prints p50/p95/p99 per route and each p95 as
-a multiple of the floor's.
+measures every route, the floor first, in the same run: --single-requests requests from one
+client (no contention: what one request costs) and --requests requests from --clients
+concurrent clients (aiohttp, one asyncio loop), each request to a random study / trial.
+Prints the machine's core count and load average first (client, server and PostgreSQL share
+the machine, so other work on it shows in every figure), then per route the single-client
+p50/p95, the concurrent p50/p95/p99 and throughput, and each as a multiple of the floor's.
 
     .venv/bin/python bench/api_latency.py [--requests 1000] [--clients 50]
 
-Target (issue: read API): p95 of the list and detail routes under 50 ms.
+Target (issue #7): p95 of the list and detail routes under 50 ms at 50 concurrent clients.
 """
 
 from __future__ import annotations
@@ -59,7 +62,10 @@ def main() -> int:
                         "(2 scenarios × levels/2 concurrency levels)")
     parser.add_argument("--requests", type=int, default=1000, help="requests per route")
     parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--single-requests", type=int, default=200,
+                        help="requests per route from one client")
     args = parser.parse_args()
+    print(f"{os.cpu_count()} CPUs, load average {_load()} at start")
     with ExitStack() as stack:
         url = args.database_url
         if url is None:
@@ -92,26 +98,38 @@ def main() -> int:
             ("progress (ETag)", api, lambda: f"/api/v1/studies/{study()}/progress"),
             ("plots (report data)", api, lambda: f"/api/v1/studies/{study()}/plots"),
         ]
-        print(f"\n{args.requests} requests per route, {args.clients} concurrent clients, "
-              f"{os.cpu_count()} CPUs shared by client, server and PostgreSQL\n")
-        print(f"{'route':<32} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'req/s':>7} "
-              f"{'p95/floor':>9}")
-        floor_p95 = None
+        print(f"\nper route: {args.single_requests} requests from 1 client, then "
+              f"{args.requests} from {args.clients} concurrent clients; {os.cpu_count()} CPUs "
+              "shared by client, server and PostgreSQL; latencies in ms\n")
+        print(f"{'':<32} {'1 client':>17} {f'{args.clients} clients':>33}")
+        print(f"{'route':<32} {'p50':>6} {'p95':>6} {'xfloor':>6} {'p50':>6} {'p95':>6} "
+              f"{'p99':>6} {'req/s':>6} {'xfloor':>6}")
+        floor: tuple[float, float] | None = None
         for label, base, path in routes:
+            single, _, single_errors = asyncio.run(load(base, path, args.single_requests, 1))
             latencies, wall_s, errors = asyncio.run(
                 load(base, path, args.requests, args.clients))
+            s50, s95 = (percentile(single, q) for q in (50, 95))
             p50, p95, p99 = (percentile(latencies, q) for q in (50, 95, 99))
-            floor_p95 = floor_p95 or p95
-            note = f" ({errors} errors)" if errors else ""
-            print(f"{label:<32} {p50:>8.1f} {p95:>8.1f} {p99:>8.1f} "
-                  f"{len(latencies) / wall_s:>7.0f} {p95 / floor_p95:>8.1f}x{note}",
-                  flush=True)
+            floor = floor or (s50, p95)
+            failed = single_errors + errors
+            note = f" ({failed} errors)" if failed else ""
+            print(f"{label:<32} {s50:>6.1f} {s95:>6.1f} {s50 / floor[0]:>5.1f}x "
+                  f"{p50:>6.0f} {p95:>6.0f} {p99:>6.0f} {len(latencies) / wall_s:>6.0f} "
+                  f"{p95 / floor[1]:>5.1f}x{note}", flush=True)
+    print(f"\nload average {_load()} at the end")
     return 0
+
+
+def _load() -> str:
+    """The 1, 5 and 15 minute load averages, as ``uptime`` prints them."""
+    return ", ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 def fill(url: str, studies: int, trials_per_study: int, levels: int) -> None:
     """Studies, trials and runs generated inside PostgreSQL (each study's trials together,
-    as a study run after another leaves them), then VACUUM ANALYZE."""
+    as a study run after another leaves them, and each trial's runs together), then VACUUM
+    ANALYZE."""
     dsn = url.replace("postgresql+psycopg://", "postgresql://")
     concurrencies = max(levels // 2, 1)
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -167,7 +185,10 @@ def fill(url: str, studies: int, trials_per_study: int, levels: int) -> None:
             FROM trials t
             CROSS JOIN (VALUES ('D(1024,256)'), ('D(128,2048)')) AS sc(name)
             CROSS JOIN generate_series(0, %(c)s - 1) AS c
-            CROSS JOIN LATERAL (SELECT 0.5 + random() + t.id * 0 AS r) AS rnd""",
+            CROSS JOIN LATERAL (SELECT 0.5 + random() + t.id * 0 AS r) AS rnd
+            -- a trial's runs together, as the store writes them (one transaction a trial);
+            -- unordered, they land on one page per concurrency level
+            ORDER BY t.id, sc.name, c""",
                      {"c": concurrencies})
         conn.execute("""
             UPDATE studies SET best_trial_number = best.number FROM (

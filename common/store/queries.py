@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select
-from sqlalchemy.orm import Session, aliased, selectinload
+from sqlalchemy import ColumnElement, Select, Subquery, and_, exists, func, or_, select
+from sqlalchemy.orm import Session, aliased, defer, selectinload
 
 from common.results import FailureReason, TrialStatus
 from common.store.models import LATENCY_METRICS, LATENCY_STATS, BenchmarkRunRow, StudyRow, TrialRow
@@ -34,6 +34,8 @@ TRIAL_SORT_KEYS = (*TRIAL_SORT_COLUMNS, *LEVEL_METRICS)
 HEADLINE_METRICS = ("output_tokens_per_s", "requests_per_s", "ttft_ms_p95", "tpot_ms_p95",
                     "e2e_latency_ms_p95", "error_rate")
 """Metrics summarised per trial (mean over its runs) in trial lists."""
+LIST_DEFERRED = ("trial_id", "message", "log_excerpt", "phase_timings", "intent", "slo")
+"""Trial columns a trial list does not load (a log excerpt alone can be kilobytes a row)."""
 
 
 @dataclass(frozen=True)
@@ -117,10 +119,22 @@ class Fingerprint:
 
 
 def latest_attempt_only() -> ColumnElement[bool]:
-    """True for a trial row that no later attempt of the same number supersedes."""
+    """True for a trial row that no later attempt of the same number supersedes.
+
+    An anti-join on the unique key: cheap for one study's page (a merge of two index-only
+    scans); counts over several studies use ``_latest_attempts`` instead."""
+    return _LATEST_ONLY
+
+
+def _latest_only() -> ColumnElement[bool]:
     later = aliased(TrialRow)
     return ~exists().where(later.study_id == TrialRow.study_id,
                            later.number == TrialRow.number, later.attempt > TrialRow.attempt)
+
+
+# Built once: SQL expressions are immutable, and building the alias costs more than
+# compiling the (cached) statement.
+_LATEST_ONLY = _latest_only()
 
 
 class SummaryCache:
@@ -199,7 +213,9 @@ def study_summary(session: Session, name: str, cache: SummaryCache | None = None
 
 def trials_page(session: Session, study_id: int, where: TrialFilter, sort: TrialSort,
                 limit: int, offset: int) -> tuple[list[TrialRow], int]:
-    """One page of a study's trials and how many match ``where``; ties break by number."""
+    """One page of a study's trials and how many match ``where``; ties break by number.
+
+    The rows leave ``LIST_DEFERRED`` unloaded (reading one raises): a list shows none."""
     conditions: list[ColumnElement[bool]] = [TrialRow.study_id == study_id]
     if where.status is not None:
         conditions.append(TrialRow.status == where.status.value)
@@ -208,17 +224,18 @@ def trials_page(session: Session, study_id: int, where: TrialFilter, sort: Trial
     if not where.all_attempts:
         conditions.append(latest_attempt_only())
     count = session.scalar(select(func.count()).select_from(TrialRow).where(*conditions)) or 0
-    stmt: Select[tuple[TrialRow]] = select(TrialRow).where(*conditions)
+    stmt: Select[tuple[TrialRow]] = (
+        select(TrialRow).where(*conditions)
+        .options(*(defer(getattr(TrialRow, name), raiseload=True) for name in LIST_DEFERRED)))
     if sort.key in TRIAL_SORT_COLUMNS:
         key: Any = getattr(TrialRow, sort.key)
     else:
-        means = (select(BenchmarkRunRow.trial_row_id.label("trial_row_id"),
-                        func.avg(getattr(BenchmarkRunRow, sort.key)).label("value"))
-                 .join(TrialRow, TrialRow.id == BenchmarkRunRow.trial_row_id)
-                 .where(TrialRow.study_id == study_id)
-                 .group_by(BenchmarkRunRow.trial_row_id).subquery())
-        stmt = stmt.outerjoin(means, means.c.trial_row_id == TrialRow.id)
-        key = means.c.value
+        # Correlated: each matching trial's own runs (one range of the runs' unique key each).
+        # A join with the study's runs grouped by trial made PostgreSQL scan the whole trials
+        # table in parallel: 9,200 buffers against 4,400 for 1,000 trials of 10 runs.
+        key = (select(func.avg(getattr(BenchmarkRunRow, sort.key)))
+               .where(BenchmarkRunRow.trial_row_id == TrialRow.id)
+               .correlate(TrialRow).scalar_subquery())
     ordered = key.desc() if sort.descending else key.asc()
     stmt = (stmt.order_by(ordered.nulls_last(), TrialRow.number, TrialRow.attempt)
             .limit(limit).offset(offset))
@@ -338,9 +355,9 @@ def _summaries(session: Session, rows: list[StudyRow]) -> list[StudySummary]:
     ids = [row.id for row in rows]
     counts: dict[int, dict[TrialStatus, int]] = {i: {s: 0 for s in TrialStatus} for i in ids}
     best_scores: dict[int, float | None] = {}
-    stmt = (select(TrialRow.study_id, TrialRow.status, func.count(), func.max(TrialRow.score))
-            .where(TrialRow.study_id.in_(ids), latest_attempt_only())
-            .group_by(TrialRow.study_id, TrialRow.status))
+    latest = _latest_attempts(ids)
+    stmt = (select(latest.c.study_id, latest.c.status, func.count(), func.max(latest.c.score))
+            .group_by(latest.c.study_id, latest.c.status))
     for study_id, status, count, max_score in session.execute(stmt):
         counts[study_id][TrialStatus(status)] = count
         if status == TrialStatus.SUCCEEDED.value:
@@ -364,13 +381,28 @@ def _summaries(session: Session, rows: list[StudyRow]) -> list[StudySummary]:
 
 def _best_by_score(session: Session, study_ids: list[int]) -> dict[int, int]:
     """The succeeded trial with the highest score of each study (ties: the lowest number)."""
-    ranked = (select(TrialRow.study_id, TrialRow.number,
-                     func.row_number().over(partition_by=TrialRow.study_id,
-                                            order_by=(TrialRow.score.desc(), TrialRow.number))
+    latest = _latest_attempts(study_ids)
+    ranked = (select(latest.c.study_id, latest.c.number,
+                     func.row_number().over(partition_by=latest.c.study_id,
+                                            order_by=(latest.c.score.desc(), latest.c.number))
                      .label("rank"))
-              .where(TrialRow.study_id.in_(study_ids),
-                     TrialRow.status == TrialStatus.SUCCEEDED.value,
-                     TrialRow.score.is_not(None), latest_attempt_only())
+              .where(latest.c.status == TrialStatus.SUCCEEDED.value,
+                     latest.c.score.is_not(None))
               .subquery())
     stmt = select(ranked.c.study_id, ranked.c.number).where(ranked.c.rank == 1)
     return {study_id: number for study_id, number in session.execute(stmt)}
+
+
+def _latest_attempts(study_ids: list[int]) -> Subquery:
+    """The latest attempt of every trial number of ``study_ids``: study_id, number, status,
+    score.
+
+    One pass over the unique key (study_id, number, attempt) ranking each number's attempts,
+    where the ``latest_attempt_only`` anti-join probes the key once per row: 162 against
+    6,162 buffers for three 1,000-trial studies on PostgreSQL."""
+    ranked = (select(TrialRow.study_id, TrialRow.number, TrialRow.status, TrialRow.score,
+                     func.row_number().over(partition_by=(TrialRow.study_id, TrialRow.number),
+                                            order_by=TrialRow.attempt.desc()).label("newer"))
+              .where(TrialRow.study_id.in_(study_ids)).subquery())
+    return (select(ranked.c.study_id, ranked.c.number, ranked.c.status, ranked.c.score)
+            .where(ranked.c.newer == 1).subquery())

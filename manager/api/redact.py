@@ -10,6 +10,7 @@ masks them anyway. A key is secret when one of its words (split on ``-``, ``_``,
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Any
 
 MASK = "***"
@@ -27,7 +28,10 @@ _TEXT_SECRETS = [
 ]
 
 
+@lru_cache(maxsize=4096)
 def is_secret_key(key: str) -> bool:
+    """Whether ``key`` (a config key or an engine flag) names a secret. Cached: a page of
+    trials asks about the same few param names and flags on every row."""
     lowered = key.lower().lstrip("-")
     if any(part in lowered for part in SECRET_PARTS):
         return True
@@ -43,6 +47,8 @@ def redact_value(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [redact_value(v) for v in value]
     if isinstance(value, str):
+        if "://" not in value:  # the common case, and no URL can match without it
+            return value
         return _URL_PASSWORD.sub(lambda m: m.group("head") + MASK, value)
     return value
 
