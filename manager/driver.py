@@ -471,7 +471,10 @@ def _spec(study: StudyConfig, number: int, trial_id: str, flags: dict[str, Any],
         params=params, intent=intent, gpu_ids=gpu_ids, node=_node_name(), node_id=_node_id(),
         attempt=attempt, gpu_type=study.cluster.gpu_type,
         benchmark=study.benchmark, objective=study.objective,
-        work_dir=Path(results_dir) / study.name / f"trial-{number:04d}",
+        # Each attempt in a folder of its own: a retry never reads (or overwrites) the logs
+        # and benchmark results an earlier attempt left behind.
+        work_dir=(Path(results_dir) / study.name / f"trial-{number:04d}"
+                  / (f"attempt-{attempt}" if attempt else "")),
         launcher=study.launcher.kind, launcher_command=study.launcher.command,
         env=dict(study.launcher.env), baseline=baseline, early_stop=study.search.early_stop,
         report_levels=study.search.scheduler == "asha",

@@ -33,8 +33,9 @@ logger = logging.getLogger(__name__)
 # How often the capacity watchdog reads the cluster's nodes (each step would be too often).
 CAPACITY_POLL_S = 2.0
 # How long an attempt whose actor died is watched for its node being declared dead (Ray's
-# health checks take about 15-30 s to give up on a node).
-NODE_CONFIRM_S = 120.0
+# health checks take about 15-30 s to give up on a node). An actor that died on its own and
+# whose node is lost within this window is recorded node_lost too: both are retried alike.
+NODE_CONFIRM_S = 60.0
 
 
 def trial_number(trial: Trial) -> int:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -136,6 +137,8 @@ def run(spec: GenaiBenchRun, timeout_s: float | None = None,
     stopping early costs no extra genai-bench start-up.
     """
     spec.output_dir.mkdir(parents=True, exist_ok=True)
+    # Result files of an earlier run in this folder (a killed attempt's) are not this run's.
+    shutil.rmtree(spec.folder, ignore_errors=True)
     log_path = spec.output_dir / "genai-bench.out"
     env = dict(os.environ, **OFFLINE_ENV, **spec.extra_env)
     started = time.monotonic()

@@ -96,3 +96,21 @@ def test_genai_bench_matches_virtual_time_prediction(sim_server, tmp_path: Path,
     tick_slack = 1.0 / measured.duration_s
     assert measured.output_tokens_per_s == pytest.approx(
         predicted.output_tokens_per_s, rel=0.10 + tick_slack + client_share)
+
+
+@pytest.mark.integration
+def test_a_killed_runs_result_files_are_not_read_as_this_runs(sim_server, tmp_path: Path) -> None:
+    """A retried trial benchmarks in a folder an earlier, killed run may have written to (its
+    file name carries its own duration): only this run's level comes back, once."""
+    stale = tmp_path / "b" / "genai-bench" / "D512_64_text-to-text_num_concurrency_1_time_9s.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("{}")  # what a killed run left: not even a complete result
+    with sim_server(FLAGS) as sim:
+        sim.wait_ready()
+        spec = GenaiBenchRun(
+            api_base=sim.url, served_model_name=MODEL, tokenizer_dir=DEFAULT_TOKENIZER_DIR,
+            scenarios=(SCENARIO,), concurrencies=(1,), max_requests_per_run=4,
+            max_time_per_run_s=60, output_dir=tmp_path / "b")
+        outcome = run(spec)
+    assert [(lv.scenario, lv.concurrency) for lv in outcome.levels] == [(SCENARIO, 1)]
+    assert not stale.exists()
