@@ -135,18 +135,18 @@ def test_the_pareto_example_stores_a_non_dominated_front_and_the_cli_prints_it(
 
 def test_asha_stops_a_trial_that_falls_behind_at_a_level_and_stores_it_pruned(
         tmp_path: Path) -> None:
-    """ASHA over benchmark levels (c=1, 8, 32), one trial at a time: max-num-seqs=1 keeps up at
-    c=1 (one request at a time) but falls far behind the two trials before it at c=8, so the
-    scheduler stops it there; it is stored as pruned with the levels it ran and the score it
+    """ASHA over benchmark levels (c=1, 8, 32), one trial at a time, one rung after c=8:
+    max-num-seqs=1 falls far behind the trial before it there, so the scheduler stops it; the
+    third (128) is far above the rung's median and goes on; it is stored as pruned with the levels it ran and the score it
     had, and the engine is gone. The others run every level."""
     from tests.manager.test_driver import _processes_labelled
 
     study = parse_study({
         "name": "asha", "model": {"name": MODEL},
         "engine": {"name": "vllm", "simulated": True},
-        "search_space": {"max-num-seqs": [256, 128, 1]},
+        "search_space": {"max-num-seqs": [256, 1, 128]},
         "search": {"algorithm": "grid", "max_concurrent_trials": 1, "baseline": False,
-                   "scheduler": "asha", "grace_levels": 1, "reduction_factor": 2},
+                   "scheduler": "asha", "grace_levels": 2, "reduction_factor": 2},
         "benchmark": {"scenarios": ["D(128,32)"], "concurrency": [1, 8, 32],
                       "requests_per_level": 16, "timeouts": {"startup_s": 60}},
         "cluster": {"gpus_per_node": 1, "dashboard": False}})

@@ -14,7 +14,7 @@ PARENT = """
 import subprocess, sys, time
 from worker.lifeline import kill_with_parent
 child = subprocess.Popen(["sleep", "300"], start_new_session=True,
-                         preexec_fn=kill_with_parent if sys.argv[1] == "on" else None)
+                         preexec_fn=kill_with_parent() if sys.argv[1] == "on" else None)
 print(child.pid, flush=True)
 time.sleep(300)
 """

@@ -148,7 +148,7 @@ def run(spec: GenaiBenchRun, timeout_s: float | None = None,
     with log_path.open("w") as log:
         proc = subprocess.Popen(spec.command(), stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, env=env, cwd=spec.output_dir,
-                                start_new_session=True, preexec_fn=kill_with_parent)
+                                start_new_session=True, preexec_fn=kill_with_parent())
         try:
             returncode = None
             while returncode is None:

@@ -180,7 +180,7 @@ class ProcessDeployment:
                 self._proc = subprocess.Popen(
                     spec.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     env=env, start_new_session=True, close_fds=True,
-                    preexec_fn=kill_with_parent)
+                    preexec_fn=kill_with_parent())
             except OSError as e:
                 raise InfraError(
                     f"cannot start the engine {spec.argv[0]!r}: {e}; is it installed on this "
