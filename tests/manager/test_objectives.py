@@ -137,8 +137,9 @@ def test_asha_stops_a_trial_that_falls_behind_at_a_level_and_stores_it_pruned(
         tmp_path: Path) -> None:
     """ASHA over benchmark levels (c=1, 8, 32), one trial at a time, one rung after c=8:
     max-num-seqs=1 falls far behind the trial before it there, so the scheduler stops it; the
-    third (128) is far above the rung's median and goes on; it is stored as pruned with the levels it ran and the score it
-    had, and the engine is gone. The others run every level."""
+    third (128) is far above the rung's median and goes on. The stopped trial is stored as
+    pruned with the levels it ran and the score it had, and its engine is gone. The others
+    run every level."""
     from tests.manager.test_driver import _processes_labelled
 
     study = parse_study({
