@@ -65,7 +65,6 @@ import traceback
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -85,6 +84,7 @@ from common.results import (  # noqa: E402
 from common.store import Store  # noqa: E402
 from manager.driver import run_study  # noqa: E402
 from manager.paths import StudyPaths  # noqa: E402
+from worker.launchers.process import LabelledProcess, labelled_processes  # noqa: E402
 
 STUDY = "chaos"
 BENCHMARK = {"scenarios": ["D(128,32)"], "concurrency": [4], "requests_per_level": 8,
@@ -148,9 +148,9 @@ def main() -> int:
         driver.join()
         study_wall_s = time.monotonic() - started
         crashed, interrupted = driver.crashed, driver.crashed or driver.interrupted
-        orphans = processes_labelled(STUDY)
+        orphans = labelled_processes(STUDY)
         time.sleep(args.grace_s)
-        orphans_later = processes_labelled(STUDY)
+        orphans_later = labelled_processes(STUDY)
         with Store.open(paths.database_url) as store:
             rows = store.trials(STUDY)
     finally:
@@ -325,35 +325,10 @@ def _running_s(record: TrialRecord) -> float:
     return (utcnow() - record.started_at) / timedelta(seconds=1) if record.started_at else 0.0
 
 
-def processes_labelled(study: str) -> list[dict[str, Any]]:
-    """Live (not zombie) processes whose environment carries the launcher's study label, with
-    their pid, parent, trial label and command line."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-            status = (entry / "status").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(
-                errors="replace").strip()
-        except OSError:
-            continue
-        if f"SERVETUNE_LABEL_STUDY={study}".encode() not in environ or "State:\tZ" in status:
-            continue
-        env = dict(item.split(b"=", 1) for item in environ.split(b"\0") if b"=" in item)
-        ppid = next((int(line.split()[1]) for line in status.splitlines()
-                     if line.startswith("PPid:")), 0)
-        found.append({"pid": int(entry.name), "ppid": ppid,
-                      "trial": env.get(b"SERVETUNE_LABEL_TRIAL", b"?").decode(),
-                      "cmdline": cmdline[:160]})
-    return found
-
-
 def _labelled_by_parent(study: str) -> dict[int, int]:
     """Parent pid (a trial actor) → trial number, from the study's labelled processes."""
-    return {p["ppid"]: int(p["trial"]) for p in processes_labelled(study)
-            if p["trial"].isdigit()}
+    return {p.ppid: int(p.labels["TRIAL"]) for p in labelled_processes(study)
+            if p.labels.get("TRIAL", "").isdigit()}
 
 
 def _is_trial_actor_process(pid: int) -> bool:
@@ -366,7 +341,7 @@ def _is_trial_actor_process(pid: int) -> bool:
 
 
 def _report(rows: list[TrialRecord], planned: int, chaos: Chaos,
-            orphans: list[dict[str, Any]], orphans_later: list[dict[str, Any]],
+            orphans: list[LabelledProcess], orphans_later: list[LabelledProcess],
             grace_s: float) -> bool:
     """Prints the figures; True if a lost result, duplicate row or orphaned engine was found."""
     numbers = set(range(planned))
@@ -422,7 +397,8 @@ def _report(rows: list[TrialRecord], planned: int, chaos: Chaos,
                   f"{r.reason.value if r.reason else ''} node {r.node_id[:12]} "
                   f"{r.started_at} → {r.finished_at}: {r.message[:300]}")
     for p in orphans_later or orphans:
-        print(f"orphan pid {p['pid']} (parent {p['ppid']}, trial {p['trial']}): {p['cmdline']}")
+        print(f"orphan pid {p.pid} (parent {p.ppid}, trial {p.labels.get('TRIAL', '?')}): "
+              f"{p.cmdline[:160]}")
     return bool(lost or duplicates or orphans or orphans_later)
 
 

@@ -17,6 +17,7 @@ from common.results import FailureReason, TrialStatus
 from common.store import Store
 from manager.driver import run_study
 from manager.paths import StudyPaths
+from worker.launchers.process import labelled_processes
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -122,19 +123,8 @@ def test_cli_run_prints_the_winner_and_trials_lists_the_database(tmp_path: Path)
 
 
 def _processes_labelled(study: str) -> list[int]:
-    """Live processes whose environment carries the launcher's study label."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-            state = (entry / "status").read_text()
-        except OSError:
-            continue
-        if f"SERVETUNE_LABEL_STUDY={study}".encode() in environ and "State:\tZ" not in state:
-            found.append(int(entry.name))
-    return found
+    """Pids of live processes whose environment carries the launcher's study label."""
+    return [p.pid for p in labelled_processes(study)]
 
 
 def test_ctrl_c_tears_trials_down_and_records_them_cancelled(tmp_path: Path) -> None:

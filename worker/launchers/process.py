@@ -35,6 +35,8 @@ import socket
 import subprocess
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import ClassVar
 
@@ -84,6 +86,43 @@ def label_env_name(key: str) -> str:
     docker label spelling) both become ``SERVETUNE_LABEL_STUDY``."""
     key = key.removeprefix("servetune.")
     return "SERVETUNE_LABEL_" + re.sub(r"[^A-Za-z0-9]", "_", key).upper()
+
+
+@dataclass(frozen=True)
+class LabelledProcess:
+    """A live process started by the process launcher, found by its labels."""
+
+    pid: int
+    ppid: int
+    labels: dict[str, str]  # label env vars without their prefix: {"STUDY": ..., "TRIAL": ...}
+    cmdline: str
+
+
+def labelled_processes(study: str) -> list[LabelledProcess]:
+    """Live (not zombie) processes of this node whose environment carries ``study``'s label:
+    the engines (and their children) the launcher started for it and that still run."""
+    prefix, wanted = label_env_name(""), f"{label_env_name('study')}={study}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            status = (entry / "status").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        if wanted not in environ.split(b"\0") or "State:\tZ" in status:
+            continue
+        env = dict(item.decode(errors="replace").split("=", 1)
+                   for item in environ.split(b"\0") if b"=" in item)
+        ppid = next((int(line.split()[1]) for line in status.splitlines()
+                     if line.startswith("PPid:")), 0)
+        found.append(LabelledProcess(
+            pid=int(entry.name), ppid=ppid,
+            labels={k.removeprefix(prefix): v for k, v in env.items() if k.startswith(prefix)},
+            cmdline=cmdline.replace(b"\0", b" ").decode(errors="replace").strip()))
+    return found
 
 
 class ProcessLauncher:
