@@ -86,6 +86,16 @@ class TrialRecord:
     log_excerpt: str = ""
     levels: list[LevelMetrics] = field(default_factory=list)
 
+    @property
+    def is_result(self) -> bool:
+        """Whether this attempt is a result of its config: a success or a deterministic
+        failure. Not one: still running, lost to the platform (retried) or cancelled (a
+        resumed study runs those again; searchers learn only from results)."""
+        if self.status is TrialStatus.SUCCEEDED:
+            return True
+        return (self.status is TrialStatus.FAILED and self.reason is not None
+                and not self.reason.retryable and self.reason is not FailureReason.CANCELLED)
+
 
 def latest_attempts(records: list[TrialRecord]) -> list[TrialRecord]:
     """The last attempt of each trial number, in number order: a study's outcome (earlier

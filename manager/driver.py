@@ -381,10 +381,6 @@ class TrialNamer:
         return f"{self.study}-{number:04d}"
 
 
-def _number(trial_name: str) -> int:
-    return int(trial_name.rsplit("-", 1)[-1])
-
-
 def servetune_trial(config: dict[str, Any], *, study_json: dict[str, Any], plan: SearchPlan,
                     results_dir: str, database_url: str) -> None:
     """The Tune trainable: runs in the trial's actor, on the GPUs Ray reserved for it.
@@ -393,7 +389,7 @@ def servetune_trial(config: dict[str, Any], *, study_json: dict[str, Any], plan:
     false, the score of the levels so far); the last report is the trial's result."""
     study = StudyConfig.model_validate(study_json)
     context = tune.get_context()
-    number = _number(context.get_trial_name())
+    number = trial_number(context.get_trial_name())
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
     metrics, _ = objective_metrics(study)
 

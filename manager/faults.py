@@ -38,9 +38,11 @@ CAPACITY_POLL_S = 2.0
 NODE_CONFIRM_S = 60.0
 
 
-def trial_number(trial: Trial) -> int:
-    """The study's number of a Tune trial (its name is ``<study>-<number>``)."""
-    return int(str(trial.custom_trial_name or trial).rsplit("-", 1)[-1])
+def trial_number(trial: Trial | str) -> int:
+    """The study's number of a Tune trial, or of a trial name (``<study>-<number>``, as
+    ``driver.TrialNamer`` names them)."""
+    name = trial if isinstance(trial, str) else str(trial.custom_trial_name or trial)
+    return int(name.rsplit("-", 1)[-1])
 
 
 def alive_nodes() -> dict[str, dict[str, Any]]:

@@ -23,9 +23,6 @@ from common.store import Store
 from manager.space import SearchPlan, trial_flags
 from manager.warm_start import to_point
 
-# Reasons whose trial runs again on resume (besides the platform's retryable ones).
-RERUN_REASONS = frozenset({FailureReason.CANCELLED})
-
 
 @dataclass(frozen=True)
 class Resumption:
@@ -64,8 +61,7 @@ def prepare_resume(study: StudyConfig, plan: SearchPlan, store: Store) -> Resump
     baseline_done = False
     count = 0
     for record in latest:
-        again = record.status is TrialStatus.FAILED and (
-            record.reason is None or record.reason.retryable or record.reason in RERUN_REASONS)
+        again = record.status is TrialStatus.FAILED and not record.is_result
         if record.baseline:
             baseline_done = not again
             continue

@@ -19,7 +19,7 @@ from ray.tune.search.sample import Categorical, Domain, Float, Integer
 from common.config import StudyConfig
 from common.errors import ConfigError
 from common.params import parallel_key
-from common.results import TrialRecord, TrialStatus
+from common.results import TrialRecord, latest_attempts
 from common.store import Store
 from manager.space import PARALLEL_PARAM, SearchPlan
 
@@ -66,7 +66,7 @@ def warm_start_points(study: StudyConfig, plan: SearchPlan,
                               path="search.warm_start", value=missing)
     points: dict[str, tuple[dict[str, Any], float]] = {}
     for name in sources:
-        for record in _latest_attempts(store.trials(name)):
+        for record in _learnable(store.trials(name)):
             point = to_point(study, plan, record.params)
             if point is not None and record.score is not None:
                 points.setdefault(json.dumps(point, sort_keys=True), (point, record.score))
@@ -109,13 +109,7 @@ def _inside(domain: Domain, value: Any) -> bool:
     return False
 
 
-def _latest_attempts(records: list[TrialRecord]) -> list[TrialRecord]:
-    latest: dict[int, TrialRecord] = {}
-    for record in records:
-        if record.baseline:
-            continue
-        latest[record.number] = record  # records come ordered by (number, attempt)
-    return [r for r in latest.values()
-            if r.status is TrialStatus.SUCCEEDED
-            or (r.status is TrialStatus.FAILED and r.reason is not None
-                and not r.reason.retryable and r.reason.value != "cancelled")]
+def _learnable(records: list[TrialRecord]) -> list[TrialRecord]:
+    """The last attempt of each non-baseline trial, where it is a result a searcher learns
+    from (``TrialRecord.is_result``)."""
+    return [r for r in latest_attempts(records) if not r.baseline and r.is_result]
