@@ -76,9 +76,7 @@ def _parser() -> argparse.ArgumentParser:
 
     cancel = sub.add_parser("cancel", help="stop a running study: its driver tears its trials "
                             "down and records them cancelled (`servetune resume` continues it)")
-    cancel.add_argument("name", help="study name")
-    cancel.add_argument("--database-url", help="default: $SERVETUNE_DATABASE_URL, else "
-                        "./servetune-results/servetune.db")
+    _study_in_database(cancel)
     cancel.add_argument("--wait", type=float, default=120.0, metavar="SECONDS",
                         help="wait this long for the driver to stop the study (0: do not wait; "
                         "default 120)")
@@ -89,16 +87,12 @@ def _parser() -> argparse.ArgumentParser:
     validate.set_defaults(handler=_validate)
 
     trials = sub.add_parser("trials", help="list a study's trials from the database")
-    trials.add_argument("name", help="study name")
-    trials.add_argument("--database-url", help="default: $SERVETUNE_DATABASE_URL, else "
-                        "./servetune-results/servetune.db")
+    _study_in_database(trials)
     trials.set_defaults(handler=_trials)
 
     status = sub.add_parser("status", help="where a study stands: trials by outcome, "
                             "running trials, best so far (reads the database only)")
-    status.add_argument("name", help="study name")
-    status.add_argument("--database-url", help="default: $SERVETUNE_DATABASE_URL, else "
-                        "./servetune-results/servetune.db")
+    _study_in_database(status)
     status.set_defaults(handler=_status)
 
     clean = sub.add_parser("clean", help="remove servetune's containers no live trial owns")
@@ -106,8 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     clean.set_defaults(handler=_clean)
 
     serve = sub.add_parser("serve", help="serve the read API and report page (read-only)")
-    serve.add_argument("--database-url", help="default: $SERVETUNE_DATABASE_URL, else "
-                       "./servetune-results/servetune.db")
+    _database_url_option(serve)
     serve.add_argument("--host", help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--root-path", help="path prefix behind a reverse proxy, e.g. "
@@ -119,8 +112,29 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _study_in_database(parser: argparse.ArgumentParser) -> None:
+    """The arguments of a subcommand that reads a study from the database by name."""
+    parser.add_argument("name", help="study name")
+    _database_url_option(parser)
+
+
+def _database_url_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--database-url", help="default: $SERVETUNE_DATABASE_URL, else "
+                        "./servetune-results/servetune.db")
+
+
 def _load(path: Path, address: str | None = None) -> StudyConfig:
-    study = load_study(path)
+    return _on_cluster(load_study(path), address)
+
+
+def _on_cluster(study: StudyConfig, address: str | None) -> StudyConfig:
+    """The study with the Ray address to run on: ``--address``, else the study's own, except
+    that a local study joins the cluster ``$RAY_ADDRESS`` names (a Ray job's driver, or a
+    shell pointed at a cluster) instead of starting a second Ray inside it."""
+    if address is None and os.environ.get("RAY_ADDRESS") and study.cluster.address == "local":
+        address = "auto"
+        print(f"$RAY_ADDRESS is set ({os.environ['RAY_ADDRESS']}): running on that cluster "
+              "(pass --address local for a private Ray instance)", flush=True)
     if address:
         cluster = study.cluster.model_copy(update={"address": address})
         study = study.model_copy(update={"cluster": cluster})
@@ -132,7 +146,7 @@ def _validate(args: argparse.Namespace) -> int:
     from manager.preflight import preflight
     from manager.space import build_plan, describe
 
-    study = _load(args.study)
+    study = load_study(args.study)
     preflight(study)
     paths = StudyPaths.resolve(study, args.study.resolve().parent)
     plan = build_plan(study, study.cluster.gpus_per_node)
@@ -155,15 +169,7 @@ def _run(args: argparse.Namespace) -> int:
     from manager.paths import StudyPaths
     from manager.space import build_plan, describe
 
-    address = args.address
-    if address is None and os.environ.get("RAY_ADDRESS") and _study_address(args.study) in (
-            None, "local"):
-        # A Ray job's driver (or a shell that points at a cluster): run on that cluster, not
-        # on a second Ray instance started inside it.
-        address = "auto"
-        print(f"$RAY_ADDRESS is set ({os.environ['RAY_ADDRESS']}): running on that cluster "
-              "(pass --address local for a private Ray instance)", flush=True)
-    study = _load(args.study, address)
+    study = _load(args.study, args.address)
     paths = StudyPaths.resolve(study, args.study.resolve().parent, args.database_url)
     if study.cluster.address == "local":
         for line in describe(build_plan(study, study.cluster.gpus_per_node)):
@@ -196,22 +202,18 @@ def _resume(args: argparse.Namespace) -> int:
     if path.is_file():
         study = _load(path, args.address)
         paths = StudyPaths.resolve(study, path.resolve().parent, args.database_url)
-        name = study.name
+        with Store.open(paths.database_url) as store:
+            info = store.study(study.name)
     else:
-        name = args.study
         url = _database_url(args)
         with Store.open(url) as store:
-            info = store.study(name)
+            info = store.study(args.study)
         if info is None:
-            raise ConfigError(f"no study named {name!r} in {_redact(url)} (and no such file)",
-                              path="study", value=name)
-        study = StudyConfig.model_validate(info.config)
-        if args.address:
-            study = study.model_copy(update={
-                "cluster": study.cluster.model_copy(update={"address": args.address})})
+            raise ConfigError(f"no study named {args.study!r} in {_redact(url)} (and no such "
+                              "file)", path="study", value=args.study)
+        study = _on_cluster(StudyConfig.model_validate(info.config), args.address)
         paths = StudyPaths.resolve(study, Path.cwd(), url)
-    with Store.open(paths.database_url) as store:
-        info = store.study(name)
+    name = study.name
     if info is None:
         raise ConfigError(f"study {name!r} is not in {_redact(paths.database_url)}: nothing to "
                           "resume (`servetune run` starts it)", path="study", value=name)
@@ -263,18 +265,6 @@ def _database_url(args: argparse.Namespace) -> str:
     """--database-url, else $SERVETUNE_DATABASE_URL, else ./servetune-results/servetune.db."""
     return (args.database_url or os.environ.get("SERVETUNE_DATABASE_URL")
             or f"sqlite:///{Path('servetune-results/servetune.db').resolve()}")
-
-
-def _study_address(path: Path) -> str | None:
-    """The study's own cluster.address (None when unset), read before validation."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return None  # load_study reports it
-    cluster = data.get("cluster") if isinstance(data, dict) else None
-    return cluster.get("address") if isinstance(cluster, dict) else None
 
 
 def _trials(args: argparse.Namespace) -> int:

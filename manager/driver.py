@@ -139,26 +139,23 @@ def run_study(study: StudyConfig, paths: StudyPaths, resume: bool = False) -> St
             tuner = _tuner(study, plan, paths, warm, first_number=1 if baseline else 0)
         planned = len(plan.grid_points) if plan.grid_points is not None else (
             study.search.max_trials)
+        outage_s = study.storage.outage_s
         try:
             tuner.fit()
+            # Results a trial spooled through a database outage and could not write itself,
+            # before anything reads the store (a spooled end would read as still running).
+            _flush_left_spools(study, paths, outage_s)
             # Tune ends a run on Ctrl-C without raising: the search was cut short if a trial
             # is still running in the store (stopped under it) or fewer than planned ran.
             interrupted = with_retries(lambda: _search_cut_short(store, study, planned),
-                                       study.storage.outage_s)
+                                       outage_s)
             if baseline is not None and not interrupted:
                 print(_baseline_result(baseline), flush=True)
         except KeyboardInterrupt:
             interrupted = True
         if baseline is not None and interrupted:
             ray.cancel(baseline, force=True)
-        outage_s = study.storage.outage_s
-        # Results a trial spooled through a database outage and could not write itself.
-        written, left = flush_spools(paths.results_dir / study.name, paths.database_url,
-                                     outage_s)
-        if written or left:
-            print(f"spooled results: {written} written"
-                  f"{f', {left} still spooled (servetune resume writes them)' if left else ''}",
-                  flush=True)
+        _flush_left_spools(study, paths, outage_s)  # the baseline's, or after a Ctrl-C
         # Trials stopped under Tune (and a cancelled baseline) never recorded an end.
         cancelled = with_retries(lambda: _cancel_unfinished(store, study.name), outage_s)
         interrupted = interrupted or bool(cancelled)
@@ -177,10 +174,18 @@ def run_study(study: StudyConfig, paths: StudyPaths, resume: bool = False) -> St
         ray.shutdown()
 
 
+def _flush_left_spools(study: StudyConfig, paths: StudyPaths, outage_s: float) -> None:
+    written, left = flush_spools(paths.results_dir / study.name, paths.database_url, outage_s)
+    if written or left:
+        print(f"spooled results: {written} written"
+              f"{f', {left} still spooled (servetune resume writes them)' if left else ''}",
+              flush=True)
+
+
 def _refuse_existing(store: Store, name: str) -> None:
     """A new run must not mix its trials with an earlier run's under the same name."""
     info = store.study(name)
-    if info is None or not store.trials(name):
+    if info is None or not any(info.trial_counts.values()):
         return
     raise ConfigError(
         f"study {name!r} already has {sum(info.trial_counts.values())} trial(s) in the "
