@@ -82,7 +82,8 @@ class SpoolingStore:
     def drain(self, timeout_s: float | None = None) -> bool:
         """Flush until the spool is empty (True) or ``timeout_s`` (default ``outage_s``)
         has passed (False: the spool stays on disk)."""
-        return self._retry(self.flush, timeout_s)
+        return retry_until(self.flush, self.outage_s if timeout_s is None else timeout_s,
+                           self._sleep, self._clock)
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -91,7 +92,8 @@ class SpoolingStore:
         counts too (an attempt spooled but not yet written)."""
         spooled = [record_from_json(e) for e in self._entries()]
         mine = [r.attempt for r in spooled if r.study == study and r.number == number]
-        stored = self._wait(lambda store: store.next_attempt(study, number))
+        stored = with_retries(lambda: self._connected().next_attempt(study, number),
+                              self.outage_s, self._sleep, self._clock)
         return max([stored, *(a + 1 for a in mine)])
 
     def close(self) -> None:
@@ -114,32 +116,6 @@ class SpoolingStore:
             logger.warning("database unavailable, spooling to %s: %s", self.spool_path, e)
             return False
 
-    def _wait(self, read: Callable[[Store], T]) -> T:
-        result: list[T] = []
-
-        def attempt() -> bool:
-            try:
-                result.append(read(self._connected()))
-                return True
-            except StoreUnavailable:
-                return False
-
-        if not self._retry(attempt, None):
-            raise StoreUnavailable(f"database {self.url} stayed unreachable for "
-                                   f"{self.outage_s:g} s (storage.outage_s)", url=self.url)
-        return result[0]
-
-    def _retry(self, step: Callable[[], bool], timeout_s: float | None) -> bool:
-        deadline = self._clock() + (self.outage_s if timeout_s is None else timeout_s)
-        delay = 0.25
-        while True:
-            if step():
-                return True
-            if self._clock() >= deadline:
-                return False
-            self._sleep(min(delay, max(deadline - self._clock(), 0.0)))
-            delay = min(delay * 2, 5.0)
-
     def _append(self, record: TrialRecord) -> None:
         self.spool_path.parent.mkdir(parents=True, exist_ok=True)
         with self.spool_path.open("a") as f:
@@ -161,21 +137,41 @@ class SpoolingStore:
         tmp.replace(self.spool_path)  # atomic: a crash leaves the old or the new spool
 
 
-def with_retries(call: Callable[[], T], outage_s: float,
-                 sleep: Callable[[float], None] = time.sleep) -> T:
-    """``call()``, retried with backoff while it raises ``StoreUnavailable``, for up to
-    ``outage_s`` seconds (then the last error propagates)."""
-    deadline = time.monotonic() + outage_s
+def retry_until(step: Callable[[], bool], timeout_s: float,
+                sleep: Callable[[float], None] = time.sleep,
+                clock: Callable[[], float] = time.monotonic) -> bool:
+    """Call ``step`` until it returns True (then True), backing off from 0.25 s to 5 s
+    between calls, for up to ``timeout_s`` (then False)."""
+    deadline = clock() + timeout_s
     delay = 0.25
-    while True:
+    while not step():
+        if clock() >= deadline:
+            return False
+        sleep(min(delay, max(deadline - clock(), 0.0)))
+        delay = min(delay * 2, 5.0)
+    return True
+
+
+def with_retries(call: Callable[[], T], outage_s: float,
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> T:
+    """``call()``, retried (``retry_until``) while it raises ``StoreUnavailable``, for up to
+    ``outage_s`` seconds; then the last error propagates."""
+    outcome: list[T] = []
+    errors: list[StoreUnavailable] = []
+
+    def step() -> bool:
         try:
-            return call()
-        except StoreUnavailable:
-            if time.monotonic() >= deadline:
-                raise
-            logger.warning("database unavailable; retrying in %.1f s", delay)
-            sleep(min(delay, max(deadline - time.monotonic(), 0.0)))
-            delay = min(delay * 2, 5.0)
+            outcome.append(call())
+            return True
+        except StoreUnavailable as e:
+            logger.warning("database unavailable; retrying: %s", e)
+            errors[:] = [e]
+            return False
+
+    if not retry_until(step, outage_s, sleep, clock):
+        raise errors[-1]
+    return outcome[0]
 
 
 def spools_under(root: Path) -> Iterator[Path]:
