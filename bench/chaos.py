@@ -58,7 +58,6 @@ import random
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -70,6 +69,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import ray  # noqa: E402
+from local_cluster import local_cluster  # noqa: E402  (bench/, beside this script)
 from ray._private import state as ray_state  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
@@ -87,6 +87,7 @@ from manager.paths import StudyPaths  # noqa: E402
 from worker.launchers.process import LabelledProcess, labelled_processes  # noqa: E402
 
 STUDY = "chaos"
+NODE_CPUS = 2
 BENCHMARK = {"scenarios": ["D(128,32)"], "concurrency": [4], "requests_per_level": 8,
              "seconds_per_level": 60, "timeouts": {"startup_s": 60}}
 TRAINABLE_CLASS = "ImplicitFunc"  # Tune's class for function trainables
@@ -120,20 +121,12 @@ def main() -> int:
         args.fault_interval_s = min(args.fault_interval_s, 3.0)
     trials = 2 * math.ceil(args.trials / 2)
 
-    temp = Path(tempfile.mkdtemp(prefix="st-ch-", dir="/tmp"))
-    (temp / "ray").mkdir()
-    os.environ["RAY_TMPDIR"] = str(temp)  # Ray's socket paths must stay short
     print(f"cluster: head (no GPUs) + {args.nodes} nodes × {args.gpus_per_node} logical GPUs; "
           f"{trials} trials of 1/2 GPUs, {args.concurrency} at once; chaos seed {args.seed}, "
           f"a fault every ~{args.fault_interval_s:g} s"
           f"{f' (at most {args.max_faults})' if args.max_faults else ''}", flush=True)
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 2, "num_gpus": 0, "temp_dir": str(temp / "ray"),
-        "include_dashboard": False})
-    try:
-        for _ in range(args.nodes):
-            cluster.add_node(num_cpus=2, num_gpus=args.gpus_per_node)
-        cluster.wait_for_nodes()
+    with local_cluster("st-ch-", args.nodes, args.gpus_per_node, NODE_CPUS,
+                       remove_temp=False) as (cluster, temp):
         study = _study(cluster.address, trials, args.concurrency, args.retries)
         paths = StudyPaths.resolve(study, temp / "study")
         paths.results_dir.mkdir(parents=True, exist_ok=True)
@@ -153,10 +146,6 @@ def main() -> int:
         orphans_later = labelled_processes(STUDY)
         with Store.open(paths.database_url) as store:
             rows = store.trials(STUDY)
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        cluster.shutdown()
 
     print(f"\nstudy: {study_wall_s:.1f} s, {len(rows)} rows"
           f"{', interrupted' if interrupted else ''}{', the driver crashed' if crashed else ''}")
@@ -304,7 +293,7 @@ class Chaos:
         for due in [d for d in self._replacements if d <= now]:
             self._replacements.remove(due)
             try:
-                node = self.cluster.add_node(num_cpus=2, num_gpus=self.gpus_per_node)
+                node = self.cluster.add_node(num_cpus=NODE_CPUS, num_gpus=self.gpus_per_node)
             except Exception as e:  # noqa: BLE001 - reported: capacity stays down
                 self._log(f"could not add a replacement node: {type(e).__name__}: {e}")
                 continue

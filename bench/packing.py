@@ -45,11 +45,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -60,8 +57,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import ray  # noqa: E402
+from local_cluster import local_cluster  # noqa: E402  (bench/, beside this script)
 from ray import tune  # noqa: E402
-from ray.cluster_utils import Cluster  # noqa: E402
 from ray.core.generated import gcs_pb2  # noqa: E402
 
 from common.config import StudyConfig, parse_study  # noqa: E402
@@ -110,19 +107,10 @@ def main() -> int:
         args.trials, args.concurrency = 4, 4
     trials = len(SIZES) * math.ceil(args.trials / len(SIZES))
 
-    temp = Path(tempfile.mkdtemp(prefix="st-pk-", dir="/tmp"))
-    (temp / "ray").mkdir()
-    os.environ["RAY_TMPDIR"] = str(temp)  # Ray's socket paths must stay short
     print(f"cluster: head (no GPUs) + {NODES} nodes × {GPUS_PER_NODE} logical GPUs; "
           f"{trials} trials of {'/'.join(map(str, SIZES))} GPUs, {args.concurrency} at once, "
           f"{args.search} search", flush=True)
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 2, "num_gpus": 0, "temp_dir": str(temp / "ray"),
-        "include_dashboard": False})
-    try:
-        for _ in range(NODES):
-            cluster.add_node(num_cpus=GPUS_PER_NODE + 2, num_gpus=GPUS_PER_NODE)
-        cluster.wait_for_nodes()
+    with local_cluster("st-pk-", NODES, GPUS_PER_NODE, GPUS_PER_NODE + 2) as (cluster, temp):
         study = _study(cluster.address, trials, args.concurrency, args.seed, args.search)
         paths = StudyPaths.resolve(study, temp / "study")
         started = time.monotonic()
@@ -143,11 +131,6 @@ def main() -> int:
         noop_wall_s = time.monotonic() - started
         noop_spans = _spans(noop_job)
         ray.shutdown()
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        cluster.shutdown()
-        shutil.rmtree(temp, ignore_errors=True)
 
     print(f"servetune study: {len(records)} trials in {study_wall_s:.1f} s; no-op Tune run: "
           f"{len(noop_pids)} trials in {noop_wall_s:.1f} s\n")

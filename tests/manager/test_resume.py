@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,6 +40,11 @@ def _trials(db: Path) -> list:  # type: ignore[type-arg]
         return []
 
 
+def _private_ray_env() -> dict[str, str]:
+    """This environment with a Ray temp dir of the test's own (short: socket paths)."""
+    return dict(os.environ, SERVETUNE_RAY_TMPDIR=tempfile.mkdtemp(prefix="st-rs-", dir="/tmp"))
+
+
 def _cli(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "manager.cli", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -50,8 +56,7 @@ def test_a_killed_driver_is_resumed_without_lost_or_duplicated_trials(tmp_path: 
     study_file = tmp_path / "study.yaml"
     study_file.write_text(STUDY)
     db = tmp_path / "servetune-results" / "servetune.db"
-    env = dict(os.environ, SERVETUNE_RAY_TMPDIR=str(Path(
-        __import__("tempfile").mkdtemp(prefix="st-rs-", dir="/tmp"))))
+    env = _private_ray_env()
     driver = _cli("run", str(study_file), env=env)
     try:
         deadline = time.monotonic() + 240
@@ -145,8 +150,7 @@ def test_cancel_stops_a_running_study_and_resume_finishes_it(tmp_path: Path) -> 
     study_file = tmp_path / "study.yaml"
     study_file.write_text(STUDY.replace("baseline: true", "baseline: false"))
     db = tmp_path / "servetune-results" / "servetune.db"
-    env = dict(os.environ, SERVETUNE_RAY_TMPDIR=str(Path(
-        __import__("tempfile").mkdtemp(prefix="st-cn-", dir="/tmp"))))
+    env = _private_ray_env()
     driver = _cli("run", str(study_file), env=env)
     try:
         deadline = time.monotonic() + 240
