@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import ray
 from ray.tune import Callback, Stopper
@@ -91,7 +91,7 @@ class TrialFaults(Callback):
         self._store = store
         self.clock = clock
         # (number, attempt) -> (node id, watch until)
-        self._suspects: dict[tuple[int, int], tuple[str, float]] = {}
+        self._suspects: dict[tuple[int, int], _Suspect] = {}
         self._unrecorded: list[tuple[Trial, bool]] = []  # lost while the database was away
         self._last_poll = float("-inf")
 
@@ -132,24 +132,27 @@ class TrialFaults(Callback):
         now = self.clock()
         if (self._suspects or self._unrecorded) and now - self._last_poll >= CAPACITY_POLL_S:
             self._last_poll = now
+            self._record_unrecorded()
             try:
-                for trial, retried in list(self._unrecorded):
-                    self._unrecorded.remove((trial, retried))
-                    self._record_lost(trial, retried=retried)
                 self._confirm_lost_nodes(now)
             except StoreUnavailable as e:
                 logger.warning("database unavailable; lost attempts recorded later: %s", e)
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
-        for trial, retried in list(self._unrecorded):
-            self._unrecorded.remove((trial, retried))
-            self._record_lost(trial, retried=retried)
+        self._record_unrecorded()
         if self._suspects:
             try:
                 self._confirm_lost_nodes(self.clock())
             except StoreUnavailable as e:
                 logger.warning("database unavailable; node losses not confirmed: %s", e)
         self._store.close()
+
+    def _record_unrecorded(self) -> None:
+        """Lost attempts seen while the database was away (each goes back on the list if it
+        still is)."""
+        pending, self._unrecorded = self._unrecorded, []
+        for trial, retried in pending:
+            self._record_lost(trial, retried=retried)
 
     def _record_lost(self, trial: Trial, *, retried: bool) -> None:
         try:
@@ -168,47 +171,53 @@ class TrialFaults(Callback):
         live = alive_nodes()
         cause = _error_line(trial)
         for record in running:
-            record.status = TrialStatus.FAILED
             record.finished_at = utcnow()
-            if record.node_id and record.node_id not in live:
-                record.reason = FailureReason.NODE_LOST
-                record.message = _node_lost_message(record, cause)
-            else:
-                record.reason = FailureReason.INFRA_ERROR
-                record.message = f"the trial's actor died: {cause}"
-                if record.node_id:
-                    self._suspects[(number, record.attempt)] = (
-                        record.node_id, self.clock() + NODE_CONFIRM_S)
-            if retried:
-                record.message += "; retried"
+            node_gone = bool(record.node_id) and record.node_id not in live
+            _mark_lost(record, node_gone, cause, retried)
+            if record.node_id and not node_gone:
+                self._suspects[(number, record.attempt)] = _Suspect(
+                    record.node_id, self.clock() + NODE_CONFIRM_S, cause, retried)
             self.store.save_trial(record)
             _print_attempt(record)
 
     def _confirm_lost_nodes(self, now: float) -> None:
         live = alive_nodes()
-        for (number, attempt), (node_id, until) in list(self._suspects.items()):
-            if node_id in live:
-                if now >= until:
+        for (number, attempt), suspect in list(self._suspects.items()):
+            if suspect.node_id in live:
+                if now >= suspect.until:
                     del self._suspects[(number, attempt)]  # the node lives: the actor died
                 continue
-            del self._suspects[(number, attempt)]
             record = next((r for r in self.store.attempts(self.study, number)
                            if r.attempt == attempt), None)
+            del self._suspects[(number, attempt)]
             if record is None or record.reason is not FailureReason.INFRA_ERROR:
                 continue
-            retried = record.message.endswith("; retried")
-            cause = record.message.removeprefix("the trial's actor died: ").removesuffix(
-                "; retried")
-            record.reason = FailureReason.NODE_LOST
-            record.message = _node_lost_message(record, cause) + ("; retried" if retried
-                                                                  else "")
+            _mark_lost(record, True, suspect.cause, suspect.retried)
             self.store.save_trial(record)
             _print_attempt(record)
 
 
-def _node_lost_message(record: TrialRecord, cause: str) -> str:
-    return (f"node {record.node} ({record.node_id[:12]}) was lost while the trial ran "
-            f"({cause})")
+class _Suspect(NamedTuple):
+    """An attempt whose actor died while its node still looked alive."""
+
+    node_id: str
+    until: float  # watched until (the clock's time)
+    cause: str
+    retried: bool
+
+
+def _mark_lost(record: TrialRecord, node_gone: bool, cause: str, retried: bool) -> None:
+    """End ``record`` as ``node_lost`` (its node is gone) or ``infra_error`` (its actor died)."""
+    record.status = TrialStatus.FAILED
+    if node_gone:
+        record.reason = FailureReason.NODE_LOST
+        record.message = (f"node {record.node} ({record.node_id[:12]}) was lost while the "
+                          f"trial ran ({cause})")
+    else:
+        record.reason = FailureReason.INFRA_ERROR
+        record.message = f"the trial's actor died: {cause}"
+    if retried:
+        record.message += "; retried"
 
 
 def _print_attempt(record: TrialRecord) -> None:
