@@ -15,10 +15,11 @@ registers signal handlers), draws from ``random.Random(--seed)`` and acts every
 - node: removes a worker node hosting a running attempt (the store's ``node_id``) with
   ``Cluster.remove_node(node, allow_graceful=False)``, and adds a replacement node
   ``--replace-after-s`` later so capacity recovers;
-- actor: SIGKILLs the process of a live Tune trial actor (class ``ImplicitFunc``, Tune's
-  function trainable) of this job, read from the GCS actor table. ``ray.util.state.list_actors``
-  needs the dashboard's API server (the head runs without one here), and ``ray.kill`` needs an
-  actor handle only Tune holds; every node is on this machine, so the actor's pid is enough.
+- actor: SIGKILLs the process of a live Tune trial actor (class ``ServetuneTrial``, the
+  driver's function trainable) of this job, read from the GCS actor table.
+  ``ray.util.state.list_actors`` needs the dashboard's API server (the head runs without one
+  here), and ``ray.kill`` needs an actor handle only Tune holds; every node is on this
+  machine, so the actor's pid is enough.
 
 Faults never push a trial past its retry budget: a trial whose running attempt is already
 ``--retries`` − 2 is left alone (exhausting the budget is designed behaviour, not a lost
@@ -90,7 +91,7 @@ STUDY = "chaos"
 NODE_CPUS = 2
 BENCHMARK = {"scenarios": ["D(128,32)"], "concurrency": [4], "requests_per_level": 8,
              "seconds_per_level": 60, "timeouts": {"startup_s": 60}}
-TRAINABLE_CLASS = "ImplicitFunc"  # Tune's class for function trainables
+TRAINABLE_CLASS = "ServetuneTrial"  # the driver's trainable (Tune's function trainable)
 # Failed attempts that are no result: the platform lost them (or the study stopped them).
 LOST_REASONS = frozenset({FailureReason.NODE_LOST, FailureReason.INFRA_ERROR,
                           FailureReason.DRIVER_LOST, FailureReason.CANCELLED,

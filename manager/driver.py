@@ -22,6 +22,7 @@ import ray
 from ray import tune
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator
+from ray.tune.trainable.function_trainable import wrap_function
 
 from common.config import StudyConfig
 from common.errors import ConfigError
@@ -43,13 +44,21 @@ from manager.faults import (
 from manager.paths import StudyPaths
 from manager.preflight import preflight
 from manager.progress import ProgressPrinter
-from manager.resume import Resumption, prepare_resume
+from manager.resume import (
+    TUNE_FINISHED,
+    Resumption,
+    prepare_resume,
+    restore_verdict,
+    tune_trial_states,
+    write_run_mark,
+)
 from manager.search import SCORE, make_searcher, objective_metrics
 from manager.space import SearchPlan, build_plan, trial_flags
 from manager.warm_start import warm_start_points
 from worker.trial import StopTrial, TrialSpec, run_trial
 
 logger = logging.getLogger(__name__)
+TUNE_STATE_PERIOD_S = "3"
 
 
 @dataclass(frozen=True)
@@ -117,6 +126,8 @@ def run_study(study: StudyConfig, paths: StudyPaths, resume: bool = False) -> St
         if study.cluster.address != "local":
             plan = build_plan(study, cluster_max_node_gpus(study))
         resumption = None
+        experiment_dir = paths.results_dir / "ray" / study.name
+        restore = False
         if resume:
             written, _ = flush_spools(paths.results_dir / study.name, paths.database_url)
             store.create_study(study.name, study.model_dump(mode="json"))
@@ -126,13 +137,32 @@ def run_study(study: StudyConfig, paths: StudyPaths, resume: bool = False) -> St
                   f"{len(resumption.rerun)} to run again"
                   + (f" ({lost} were running: driver_lost)" if lost else "")
                   + (f", {written} spooled result(s) written" if written else ""), flush=True)
+            states = tune_trial_states(experiment_dir, study, paths.database_url)
+            why_not = states if isinstance(states, str) else restore_verdict(
+                states, resumption.latest)
+            restore = why_not is None
+            if isinstance(states, dict) and restore:
+                unfinished = sum(s not in TUNE_FINISHED for s in states.values())
+                print(f"resuming from Tune's saved state ({len(states)} trial(s), "
+                      f"{unfinished} to run again; the searcher's own state kept)", flush=True)
+                TrialNamer.continue_after(study.name,
+                                          max([resumption.next_number - 1, *states]))
+            else:
+                print(f"resuming from the database: {why_not}", flush=True)
         else:
             store.create_study(study.name, study.model_dump(mode="json"))
+        write_run_mark(experiment_dir, study, paths.database_url)
         _clean_containers(study, "before the study")
         warm = warm_start_points(study, plan, store)
         baseline = (None if resumption is not None and resumption.baseline_done
                     else _start_baseline(study, plan, paths))
-        if resumption is not None:
+        # Tune saves its experiment state every few seconds rather than its default 10 s or
+        # more: a resume can use it when it knows every trial the database has.
+        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", TUNE_STATE_PERIOD_S)
+        if restore:
+            tuner = tune.Tuner.restore(str(experiment_dir), _trainable(study, plan, paths),
+                                       resume_unfinished=True)
+        elif resumption is not None:
             tuner = _tuner(study, plan, paths, warm, first_number=resumption.next_number,
                            resume=resumption)
         else:
@@ -245,16 +275,6 @@ def _short_temp_dir() -> str:
 def _tuner(study: StudyConfig, plan: SearchPlan, paths: StudyPaths,
            warm: list[tuple[dict[str, Any], float]], first_number: int = 0,
            resume: Resumption | None = None) -> tune.Tuner:
-    trainable = tune.with_parameters(
-        servetune_trial, study_json=study.model_dump(mode="json"),
-        plan=plan, results_dir=str(paths.results_dir), database_url=paths.database_url)
-    cpus = study.cluster.cpus_per_trial
-    engine = study.engine.name
-
-    def resources(config: dict[str, Any]) -> tune.PlacementGroupFactory:
-        gpus = world_size(engine, trial_flags(study, plan, config))
-        return tune.PlacementGroupFactory([{"CPU": cpus, "GPU": gpus}])
-
     setup = make_searcher(study, plan, warm, resume)
     name = study.name
 
@@ -276,7 +296,7 @@ def _tuner(study: StudyConfig, plan: SearchPlan, paths: StudyPaths,
         print(f"trial {number}: unschedulable: {record.message}", flush=True)
 
     return tune.Tuner(
-        tune.with_resources(trainable, resources),
+        _trainable(study, plan, paths),
         param_space=setup.param_space,
         tune_config=tune.TuneConfig(
             search_alg=setup.searcher, num_samples=setup.num_samples, metric=setup.metric,
@@ -297,6 +317,32 @@ def _tuner(study: StudyConfig, plan: SearchPlan, paths: StudyPaths,
             callbacks=[ProgressPrinter(name, setup.num_samples), TrialFaults(name, lazy)],
             failure_config=tune.FailureConfig(max_failures=study.cluster.trial_retries)),
     )
+
+
+def _trainable(study: StudyConfig, plan: SearchPlan, paths: StudyPaths) -> type:
+    """Tune's trainable for the study: ``servetune_trial`` with the study bound, as a class
+    that requests the GPUs each config needs (a restored run is given the same)."""
+    bound = tune.with_parameters(
+        servetune_trial, study_json=study.model_dump(mode="json"),
+        plan=plan, results_dir=str(paths.results_dir), database_url=paths.database_url)
+    cpus = study.cluster.cpus_per_trial
+    engine = study.engine.name
+
+    class ServetuneTrial(wrap_function(bound)):  # type: ignore[misc]
+        """A trial's actor, shown in the Ray dashboard (the actors' repr name) and in log
+        prefixes as its trial, ``<study>-<number>``, rather than as Tune's generic class."""
+
+        __qualname__ = "ServetuneTrial"  # the dashboard's class name (not ``<locals>``)
+
+        @classmethod
+        def default_resource_request(cls, config: dict[str, Any]) -> tune.PlacementGroupFactory:
+            gpus = world_size(engine, trial_flags(study, plan, config))
+            return tune.PlacementGroupFactory([{"CPU": cpus, "GPU": gpus}])
+
+        def __repr__(self) -> str:
+            return str(self.trial_name)
+
+    return ServetuneTrial
 
 
 def _inner_scheduler(study: StudyConfig) -> TrialScheduler | None:
@@ -377,6 +423,12 @@ class TrialNamer:
         # A resumed study runs its lost trials again first, under their own numbers.
         TrialNamer._reused[study] = list(reuse)
 
+    @classmethod
+    def continue_after(cls, study: str, last: int) -> None:
+        """A restored Tune run: its trials keep their names; new ones follow ``last``."""
+        cls._next[study] = last + 1
+        cls._reused[study] = []
+
     def __call__(self, trial: Any) -> str:
         reused = TrialNamer._reused.get(self.study)
         if reused:
@@ -421,16 +473,26 @@ def servetune_trial(config: dict[str, Any], *, study_json: dict[str, Any], plan:
 
     store = _trial_store(study, number, results_dir, database_url)
     try:
-        # A retried trial (its actor died, or the platform failed it) is a new attempt.
-        spec = _spec(study, number, context.get_trial_id(), trial_flags(study, plan, config),
-                     gpu_ids, results_dir, attempt=store.next_attempt(study.name, number))
-        record = run_trial(spec, store, on_level if not study.objective.multi else None)
+        earlier = store.attempts(study.name, number)
+        if earlier and earlier[-1].is_result:
+            # Its result is stored already: the attempt that wrote it died before Tune heard
+            # of it (Tune retries the trial), or a restored Tune run restarts a trial its
+            # saved state had as running. Tune learns the stored result; nothing runs twice.
+            logger.warning("trial %d already has a result (attempt %d): reported, not run",
+                           number, earlier[-1].attempt)
+            record = earlier[-1]
+        else:
+            # A retried trial (its actor died, or the platform failed it) is a new attempt.
+            spec = _spec(study, number, context.get_trial_id(),
+                         trial_flags(study, plan, config), gpu_ids, results_dir,
+                         attempt=earlier[-1].attempt + 1 if earlier else 0)
+            record = run_trial(spec, store, on_level if not study.objective.multi else None)
     finally:
         _close_trial_store(store)
     result: dict[str, Any] = {
         SCORE: record.score, "objective": record.objective_value, "final": True,
         "status": record.status.value, "reason": record.reason.value if record.reason else "",
-        "gpus": len(gpu_ids), "gpu_ids": ",".join(gpu_ids)}
+        "gpus": len(record.gpu_ids), "gpu_ids": ",".join(record.gpu_ids)}
     if study.objective.multi:
         result.update(zip(metrics, record.objective_values or [], strict=False))
     tune.report(result)

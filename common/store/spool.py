@@ -6,7 +6,8 @@ with ``StoreUnavailable`` is appended to a spool file (JSON lines, one complete 
 the attempt per line) and every later write first flushes the spool in order, so the
 database ends with the newest snapshot (writes are idempotent upserts keyed by study, trial
 number and attempt). ``drain`` retries with exponential backoff until the spool is empty or
-the outage budget is spent; reads (``next_attempt``) wait the same way.
+the outage budget is spent; reads (``attempts``, ``next_attempt``) wait
+the same way.
 
 A spool left behind (the database stayed away longer than the budget) stays on disk next to
 the trial's logs; ``flush_spools`` writes every spool under a directory, which the driver
@@ -87,14 +88,23 @@ class SpoolingStore:
 
     # -- reads ----------------------------------------------------------------------------
 
-    def next_attempt(self, study: str, number: int) -> int:
-        """``Store.next_attempt``, waiting up to ``outage_s`` for the database; the spool
-        counts too (an attempt spooled but not yet written)."""
-        spooled = [record_from_json(e) for e in self._entries()]
-        mine = [r.attempt for r in spooled if r.study == study and r.number == number]
-        stored = with_retries(lambda: self._connected().next_attempt(study, number),
+    def attempts(self, study: str, number: int) -> list[TrialRecord]:
+        """``Store.attempts``, waiting up to ``outage_s`` for the database; a spooled snapshot
+        stands for its attempt (it is newer than the stored row, or the only one)."""
+        stored = with_retries(lambda: self._connected().attempts(study, number),
                               self.outage_s, self._sleep, self._clock)
-        return max([stored, *(a + 1 for a in mine)])
+        by_attempt = {record.attempt: record for record in stored}
+        for entry in self._entries():
+            record = record_from_json(entry)
+            if record.study == study and record.number == number:
+                by_attempt[record.attempt] = record
+        return [by_attempt[attempt] for attempt in sorted(by_attempt)]
+
+    def next_attempt(self, study: str, number: int) -> int:
+        """The attempt number a new run of trial ``number`` gets, the spool counted too (an
+        attempt spooled but not yet written)."""
+        earlier = self.attempts(study, number)
+        return earlier[-1].attempt + 1 if earlier else 0
 
     def close(self) -> None:
         if self._store is not None:

@@ -75,6 +75,11 @@ def test_writes_during_an_outage_are_spooled_and_written_in_order_when_it_ends(
         assert spool.pending() == 2 and not spool.flush()
     finally:
         pg.start()
+    # Before the flush, the spooled end stands for attempt 0 (the database has it running):
+    # a retried trial learns its result and the next attempt number from the spool too.
+    (latest,) = spool.attempts("outage", 0)
+    assert latest.status is TrialStatus.SUCCEEDED and latest.levels == finished.levels
+    assert spool.next_attempt("outage", 1) == 1 and spool.pending() == 2
     assert spool.drain(timeout_s=30)
     assert spool.pending() == 0 and not (tmp_path / "spool.jsonl").exists()
     assert spool.next_attempt("outage", 0) == 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -41,9 +42,18 @@ def test_concurrent_trials_of_1_2_and_4_gpus_never_share_a_gpu(tmp_path: Path) -
                         search={"algorithm": "tpe", "max_trials": 8,
                                 "max_concurrent_trials": 4, "startup_trials": 8,
                                 "baseline": False})
-    outcome = run_study(study, StudyPaths.resolve(study, tmp_path))
+    watcher = _ActorWatcher()
+    watcher.start()
+    try:
+        outcome = run_study(study, StudyPaths.resolve(study, tmp_path))
+    finally:
+        watcher.stop.set()
+        watcher.join()
     trials = outcome.trials
     assert len(trials) == 8
+    # The trial actors are named after their trials in the dashboard (their repr name).
+    assert watcher.seen and watcher.seen <= {("ServetuneTrial", f"isolation-{t.number:04d}")
+                                             for t in trials}, watcher.seen
     assert all(t.status is TrialStatus.SUCCEEDED for t in trials), [t.message for t in trials]
     for t in trials:
         assert len(t.gpu_ids) == t.params["tp-size"]
@@ -57,6 +67,33 @@ def test_concurrent_trials_of_1_2_and_4_gpus_never_share_a_gpu(tmp_path: Path) -
                                                          b.gpu_ids)
     assert overlapping >= 3
     assert not ray.is_initialized()
+
+
+class _ActorWatcher(threading.Thread):
+    """Collects (class name, repr name) of the live actors of the Ray instance this process
+    runs, from the GCS actor table (the study runs without a dashboard, so no state API)."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.stop = threading.Event()
+        self.seen: set[tuple[str, str]] = set()
+
+    def run(self) -> None:
+        from ray._private import state as ray_state
+        from ray.core.generated import gcs_pb2
+
+        while not self.stop.wait(0.5):
+            accessor = getattr(ray_state.state, "_global_state_accessor", None)
+            if not ray.is_initialized() or accessor is None:
+                continue
+            try:
+                table = accessor.get_actor_table(None, None)
+            except Exception:  # noqa: BLE001 - Ray starting or shutting down
+                continue
+            for raw in table:
+                actor = gcs_pb2.ActorTableData.FromString(raw)
+                if actor.state == gcs_pb2.ActorTableData.ALIVE and actor.repr_name:
+                    self.seen.add((actor.class_name, actor.repr_name))
 
 
 def test_infeasible_study_is_rejected_before_ray_starts(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ running are recorded as driver_lost, and no engine process is left."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from common.config import load_study
 from common.results import FailureReason, TrialStatus, latest_attempts
 from common.store import Store
+from manager.resume import tune_trial_states
 from tests.manager.test_driver import _processes_labelled
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -51,8 +54,19 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
                             start_new_session=True)
 
 
+def _tune_knows_every_trial(study_file: Path, db: Path, rows: list) -> bool:  # type: ignore[type-arg]
+    """Whether Tune's saved experiment state has every trial the database has."""
+    study = load_study(study_file)
+    states = tune_trial_states(db.parent / "ray" / study.name, study, f"sqlite:///{db}")
+    return isinstance(states, dict) and {t.number for t in rows if not t.baseline} <= set(states)
+
+
 @pytest.mark.timeout(900)
-def test_a_killed_driver_is_resumed_without_lost_or_duplicated_trials(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tune_state", ["kept", "removed"])
+def test_a_killed_driver_is_resumed_without_lost_or_duplicated_trials(
+        tmp_path: Path, tune_state: str) -> None:
+    """Resumed from Tune's saved state (``Tuner.restore``: it knows every trial the database
+    has) or, with Tune's experiment directory gone, from the database alone."""
     study_file = tmp_path / "study.yaml"
     study_file.write_text(STUDY)
     db = tmp_path / "servetune-results" / "servetune.db"
@@ -63,7 +77,8 @@ def test_a_killed_driver_is_resumed_without_lost_or_duplicated_trials(tmp_path: 
         while time.monotonic() < deadline:
             rows = _trials(db)
             done = [t for t in rows if t.status is TrialStatus.SUCCEEDED and not t.baseline]
-            if done and any(t.status is TrialStatus.RUNNING for t in rows):
+            if (done and any(t.status is TrialStatus.RUNNING for t in rows)
+                    and _tune_knows_every_trial(study_file, db, rows)):
                 break
             assert driver.poll() is None, driver.communicate()[0]
             time.sleep(0.5)
@@ -83,10 +98,14 @@ def test_a_killed_driver_is_resumed_without_lost_or_duplicated_trials(tmp_path: 
         time.sleep(0.5)
     assert _processes_labelled("resume-test") == []
 
+    if tune_state == "removed":  # e.g. the driver's node is gone, or another machine resumes
+        shutil.rmtree(db.parent / "ray" / "resume-test")
     resumed = _cli("resume", str(study_file), env=env)
     output, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, output
     assert "resuming resume-test" in output and "driver_lost" in output
+    assert ("resuming from Tune's saved state" if tune_state == "kept"
+            else "resuming from the database: no Tune experiment directory") in output, output
 
     rows = _trials(db)
     finals = latest_attempts(rows)
@@ -178,6 +197,8 @@ def test_cancel_stops_a_running_study_and_resume_finishes_it(tmp_path: Path) -> 
     resumed = _cli("resume", str(study_file), env=env)
     output, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, output
+    # Tune ended the trials the database has as cancelled: its saved state is not used.
+    assert "resuming from the database: Tune has trial" in output, output
     finals = latest_attempts(_trials(db))
     assert [t.number for t in finals] == list(range(5))
     assert all(t.status is TrialStatus.SUCCEEDED for t in finals)
