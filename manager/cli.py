@@ -16,7 +16,7 @@ from pathlib import Path
 from common.config import StudyConfig, load_study
 from common.errors import ConfigError, InfraError, ServetuneError
 from common.params import to_argv
-from common.results import TrialRecord, TrialStatus
+from common.results import TrialRecord, TrialStatus, latest_attempts
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -88,6 +88,9 @@ def _parser() -> argparse.ArgumentParser:
 
     trials = sub.add_parser("trials", help="list a study's trials from the database")
     _study_in_database(trials)
+    trials.add_argument("--attempts", action="store_true",
+                        help="every attempt of each trial (retries, resumed runs), not only "
+                        "its last")
     trials.set_defaults(handler=_trials)
 
     status = sub.add_parser("status", help="where a study stands: trials by outcome, "
@@ -280,7 +283,15 @@ def _trials(args: argparse.Namespace) -> int:
         records = store.trials(args.name)
     finally:
         store.close()
-    _print_table(records, limit=None)
+    latest = latest_attempts(records)
+    if args.attempts:
+        _print_table(records, limit=None, attempts=True)
+    else:
+        _print_table(latest, limit=None)
+        earlier = len(records) - len(latest)
+        if earlier:
+            print(f"({earlier} earlier attempt(s) of retried trials not shown: --attempts "
+                  "lists them)")
     if info.pareto_front is not None:
         study = StudyConfig.model_validate(info.config)
         _print_pareto(study, records, info.pareto_front)
@@ -397,7 +408,9 @@ def native_command(study: StudyConfig, record: TrialRecord) -> str:
     return f"CUDA_VISIBLE_DEVICES={','.join(str(i) for i in range(gpus))} {shlex.join(argv)}"
 
 
-def _print_table(records: list[TrialRecord], limit: int | None) -> None:
+def _print_table(records: list[TrialRecord], limit: int | None,
+                 attempts: bool = False) -> None:
+    """One line per record; ``attempts``: the trial column is ``<number>.<attempt>``."""
     print(f"{'trial':>5} {'status':<10} {'reason':<18} {'score':>10} {'gpus':<9} "
           f"{'ttft ms':>8} {'tpot ms':>8} {'out tok/s':>9}  params")
     for record in records[:limit]:
@@ -407,7 +420,8 @@ def _print_table(records: list[TrialRecord], limit: int | None) -> None:
         tput = _mean([lv.output_tokens_per_s for lv in levels])
         score = f"{record.score:.4g}" if record.score is not None else "-"
         params = ", ".join(f"{k}={v}" for k, v in record.params.items())
-        number = f"{record.number}{'*' if record.baseline else ''}"
+        number = (f"{record.number}{f'.{record.attempt}' if attempts else ''}"
+                  f"{'*' if record.baseline else ''}")
         print(f"{number:>5} {record.status.value:<10} "
               f"{(record.reason.value if record.reason else ''):<18} {score:>10} "
               f"{','.join(record.gpu_ids):<9} {ttft:>8} {tpot:>8} {tput:>9}  {params}")

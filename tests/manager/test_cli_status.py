@@ -155,3 +155,25 @@ def test_a_study_without_successes_says_so() -> None:
                                                 (3600 * 3 + 125, "3h 02m"), (-5, "0s")])
 def test_duration_shows_the_two_largest_units(seconds: float, text: str) -> None:
     assert duration(seconds) == text
+
+
+def test_trials_lists_each_trials_last_attempt_and_every_attempt_on_request(
+        db: tuple[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """Trial 5 was retried (node_lost, then attempt 1 succeeded): `servetune trials` shows it
+    once, its last attempt, and says an earlier attempt is hidden; `--attempts` lists both as
+    5.0 and 5.1."""
+    url, _ = db
+    created = _write_study(url, finished=True)
+    with Store.open(url) as store:
+        store.save_trial(_trial(5, created + timedelta(minutes=3), attempt=1,
+                                gpu_ids=("2", "3"), node="10.0.0.8"))
+    assert main(["trials", STUDY, "--database-url", url]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    fives = [row for row in rows if row and row[0] == "5"]
+    assert len(fives) == 1 and fives[0][1] == "succeeded"
+    assert ["(1", "earlier", "attempt(s)"] == rows[-1][:3]
+    assert main(["trials", STUDY, "--database-url", url, "--attempts"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert [row[:3] for row in rows if row and row[0].startswith("5.")] == [
+        ["5.0", "failed", "node_lost"], ["5.1", "succeeded", "1005"]]
+    assert ["0.0*", "succeeded"] == next(row[:2] for row in rows if row[0].startswith("0."))
