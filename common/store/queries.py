@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -35,7 +35,8 @@ HEADLINE_METRICS = ("output_tokens_per_s", "requests_per_s", "ttft_ms_p95", "tpo
                     "e2e_latency_ms_p95", "error_rate")
 """Metrics summarised per trial (mean over its runs) in trial lists."""
 LIST_DEFERRED = ("trial_id", "message", "log_excerpt", "phase_timings", "intent", "slo")
-"""Trial columns a trial list does not load (a log excerpt alone can be kilobytes a row)."""
+"""Trial columns a trial list and the best config do not load (a log excerpt alone can be
+kilobytes a row)."""
 
 
 @dataclass(frozen=True)
@@ -66,9 +67,9 @@ class TrialSort:
 class StudySummary:
     """A study row with its trials counted by status (latest attempts) and its best trial.
 
-    ``best`` is the recorded best trial, else (a running study) the succeeded trial with the
-    highest score; it is ``None`` without succeeded trials. Its ``benchmark_runs`` are loaded
-    only by ``study_summary``.
+    ``best_number`` is the recorded best trial, else (a running study) the succeeded trial
+    with the highest score; it is ``None`` without succeeded trials. ``best``, that trial's
+    row with its ``benchmark_runs``, is loaded only by ``study_summary``.
     """
 
     row: StudyRow
@@ -197,18 +198,33 @@ def studies_page(session: Session, where: StudyFilter, limit: int, offset: int,
     return _cached_summaries(session, rows, cache), count
 
 
+def study_counts(session: Session, name: str, cache: SummaryCache | None = None
+                 ) -> StudySummary | None:
+    """Study ``name`` with its counts and best score and number, not its best trial (what
+    progress and the report's headers show)."""
+    row = session.scalar(select(StudyRow).where(StudyRow.name == name))
+    return _cached_summaries(session, [row], cache)[0] if row is not None else None
+
+
 def study_summary(session: Session, name: str, cache: SummaryCache | None = None
                   ) -> StudySummary | None:
     """Study ``name`` with its counts and its best trial (``benchmark_runs`` loaded)."""
-    row = session.scalar(select(StudyRow).where(StudyRow.name == name))
-    if row is None:
-        return None
-    summary = _cached_summaries(session, [row], cache)[0]
-    if summary.best_number is None:
+    summary = study_counts(session, name, cache)
+    if summary is None or summary.best_number is None:
         return summary
-    best = trial_attempt(session, row.id, summary.best_number, None)
-    return StudySummary(row, summary.trial_counts, summary.best_score, summary.best_number,
-                        best)
+    best = trial_attempt(session, summary.row.id, summary.best_number, None)
+    return replace(summary, best=best)
+
+
+def best_trial(session: Session, study: StudyRow) -> TrialRow | None:
+    """The latest attempt of the trial ``StudySummary.best_number`` names, without its runs
+    or ``LIST_DEFERRED``: all a launch command needs, without counting the study's trials."""
+    number = study.best_trial_number
+    if number is None:
+        number = _best_by_score(session, [study.id]).get(study.id)
+    if number is None:
+        return None
+    return session.scalar(_attempt(study.id, number, None).options(*_list_deferred()))
 
 
 def trials_page(session: Session, study_id: int, where: TrialFilter, sort: TrialSort,
@@ -224,9 +240,8 @@ def trials_page(session: Session, study_id: int, where: TrialFilter, sort: Trial
     if not where.all_attempts:
         conditions.append(latest_attempt_only())
     count = session.scalar(select(func.count()).select_from(TrialRow).where(*conditions)) or 0
-    stmt: Select[tuple[TrialRow]] = (
-        select(TrialRow).where(*conditions)
-        .options(*(defer(getattr(TrialRow, name), raiseload=True) for name in LIST_DEFERRED)))
+    stmt: Select[tuple[TrialRow]] = select(TrialRow).where(*conditions).options(
+        *_list_deferred())
     if sort.key in TRIAL_SORT_COLUMNS:
         key: Any = getattr(TrialRow, sort.key)
     else:
@@ -245,11 +260,21 @@ def trials_page(session: Session, study_id: int, where: TrialFilter, sort: Trial
 def trial_attempt(session: Session, study_id: int, number: int, attempt: int | None
                   ) -> TrialRow | None:
     """Attempt ``attempt`` of trial ``number`` (default: its latest), runs loaded."""
-    stmt = (select(TrialRow).where(TrialRow.study_id == study_id, TrialRow.number == number)
-            .options(selectinload(TrialRow.benchmark_runs)))
+    return session.scalar(_attempt(study_id, number, attempt)
+                          .options(selectinload(TrialRow.benchmark_runs)))
+
+
+def _attempt(study_id: int, number: int, attempt: int | None) -> Select[tuple[TrialRow]]:
+    """Attempt ``attempt`` of trial ``number``, or its latest one (``None``)."""
+    stmt = select(TrialRow).where(TrialRow.study_id == study_id, TrialRow.number == number)
     if attempt is not None:
         stmt = stmt.where(TrialRow.attempt == attempt)
-    return session.scalar(stmt.order_by(TrialRow.attempt.desc()).limit(1))
+    return stmt.order_by(TrialRow.attempt.desc()).limit(1)
+
+
+def _list_deferred() -> list[Any]:
+    """Loader options leaving ``LIST_DEFERRED`` unloaded; reading one raises, not queries."""
+    return [defer(getattr(TrialRow, name), raiseload=True) for name in LIST_DEFERRED]
 
 
 def attempt_numbers(session: Session, study_id: int, number: int) -> list[int]:

@@ -9,7 +9,7 @@ line of defence.
 
 from __future__ import annotations
 
-import threading
+import copy
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
@@ -43,9 +43,10 @@ DEFAULT_STATEMENT_TIMEOUT_S = 10.0
 class StoreReader:
     """Reads studies, trials and benchmark runs; never writes, never migrates.
 
-    Thread-safe like ``Store`` (one session per call, pooled connections). The counts,
-    best trial and fingerprint of terminal studies are cached (``queries.SummaryCache``):
-    they change only when a study runs again, which changes its status. Methods raise
+    Thread-safe like ``Store`` (one session per call, pooled connections; a ``transaction``
+    view is not: its calls must come one after another). The counts, best trial and
+    fingerprint of terminal studies are cached (``queries.SummaryCache``): they change only
+    when a study runs again, which changes its status. Methods raise
     ``StoreUnavailable`` when the database cannot be reached. Returned rows are detached:
     their columns and the relationships the method names as loaded can be read after the
     call, nothing else.
@@ -57,7 +58,7 @@ class StoreReader:
         self._engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._url = url or engine.url.render_as_string(hide_password=True)
-        self._local = threading.local()  # the session of a thread's ``batch`` block
+        self._bound: Session | None = None  # the session of a ``transaction`` view
         self._summaries = SummaryCache()
 
     @classmethod
@@ -117,19 +118,21 @@ class StoreReader:
                 url=self._url)
 
     @contextmanager
-    def batch(self) -> Iterator[None]:
-        """Run this thread's calls inside the block in one transaction (one connection, one
-        consistent snapshot on PostgreSQL) instead of one each. Nested blocks join the
-        outer one. Returned rows stay readable after the block."""
-        if getattr(self._local, "session", None) is not None:
-            yield
-            return
+    def transaction(self) -> Iterator[StoreReader]:
+        """A view of this reader whose calls inside the block share one transaction (one
+        connection checkout, one consistent snapshot on PostgreSQL) instead of one each,
+        from whichever thread makes them: a web request's dependencies and its handler run
+        on different threads of a pool. Calls must not overlap (a session is not
+        thread-safe). A view's ``transaction`` joins its own. After the block the view's
+        calls run in their own transactions again, like this reader's, so a streamed
+        response may read on. Returned rows stay readable after the block."""
         with self._session() as session:
-            self._local.session = session
+            view = copy.copy(self)  # the same engine and caches
+            view._bound = session
             try:
-                yield
+                yield view
             finally:
-                self._local.session = None
+                view._bound = None
 
     def study_row(self, name: str) -> StudyRow | None:
         """The study's row alone (one indexed lookup), or ``None``."""
@@ -147,8 +150,20 @@ class StoreReader:
             return queries.studies_page(session, where, limit, offset, self._summaries)
 
     def study(self, name: str) -> StudySummary | None:
+        """The study with its counts and its best trial (``benchmark_runs`` loaded)."""
         with self._session() as session:
             return queries.study_summary(session, name, self._summaries)
+
+    def study_counts(self, name: str) -> StudySummary | None:
+        """The study with its counts and best score and number; ``best`` is not loaded."""
+        with self._session() as session:
+            return queries.study_counts(session, name, self._summaries)
+
+    def best_trial(self, study: StudyRow) -> TrialRow | None:
+        """The study's best trial (``StudySummary.best_number``'s latest attempt) without
+        its runs or ``queries.LIST_DEFERRED``."""
+        with self._session() as session:
+            return queries.best_trial(session, study)
 
     def trials(self, study: StudyRow, where: TrialFilter, sort: TrialSort, limit: int,
                offset: int) -> tuple[list[TrialRow], int]:
@@ -198,13 +213,15 @@ class StoreReader:
 
     @contextmanager
     def _session(self) -> Iterator[Session]:
-        current: Session | None = getattr(self._local, "session", None)
-        if current is not None:
-            yield current
-            return
+        """The view's session, else a new one in its own transaction. Database errors come
+        out as ``StoreUnavailable`` here, inside a view too: the call that failed raises it,
+        not the end of the transaction, so a caller that catches it sees it."""
         try:
-            with self._sessions.begin() as session:
-                yield session
+            if self._bound is not None:
+                yield self._bound
+            else:
+                with self._sessions.begin() as session:
+                    yield session
         except (OperationalError, InterfaceError, PoolTimeoutError) as e:
             raise _unavailable(self._url, e) from e
         except DBAPIError as e:

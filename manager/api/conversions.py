@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from common.results import TrialStatus
-from common.store.models import LATENCY_STATS
+from common.store.models import LATENCY_STATS, StudyRow
 from common.store.queries import Fingerprint, LevelAggregate, StudySummary
 from common.store.study import StudyStatus
 from manager.api.redact import redact_argv, redact_text, redact_value
@@ -128,8 +128,8 @@ def level_out(run: Row) -> LevelOut:
         mean_input_tokens=run.mean_input_tokens, mean_output_tokens=run.mean_output_tokens)
 
 
-def best_config_out(summary: StudySummary, row: Row) -> BestConfigOut:
-    config = summary.row.config
+def best_config_out(study: StudyRow, row: Row) -> BestConfigOut:
+    config = study.config
     fixed = config.get("fixed_flags") if isinstance(config.get("fixed_flags"), dict) else {}
     params = redact_value(dict(row.params))
     flags = {**redact_value(fixed), **params}
@@ -137,12 +137,12 @@ def best_config_out(summary: StudySummary, row: Row) -> BestConfigOut:
     engine = config.get("engine") if isinstance(config.get("engine"), dict) else {}
     model = config.get("model") if isinstance(config.get("model"), dict) else {}
     snippet = {
-        "study": summary.row.name, "trial": row.number, "score": row.score,
+        "study": study.name, "trial": row.number, "score": row.score,
         "model": model.get("name"), "engine": engine.get("name"),
         "gpus": len(row.gpu_ids), "flags": flags, "argv": argv,
     }
     return BestConfigOut(
-        study=summary.row.name, trial_number=row.number, attempt=row.attempt, score=row.score,
+        study=study.name, trial_number=row.number, attempt=row.attempt, score=row.score,
         objective_value=row.objective_value, params=params, flags=flags,
         num_gpus=len(row.gpu_ids), argv=argv, launch_command=shlex.join(argv),
         yaml=yaml.safe_dump(snippet, sort_keys=False, default_flow_style=False))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Request
@@ -30,8 +31,18 @@ def get_settings(request: Request) -> ApiSettings:
 
 
 def get_reader(request: Request) -> StoreReader:
+    """The app's reader: every call its own transaction."""
     reader: StoreReader = request.app.state.reader
     return reader
+
+
+def request_reader(request: Request) -> Iterator[StoreReader]:
+    """The app's reader with the request's calls in one transaction, so the study lookup of
+    a dependency and the handler's queries share one connection checkout (each checkout
+    costs a pre-ping round trip and a BEGIN). It ends when the handler returns, before the
+    response is sent: a streamed body reads on in short transactions of its own."""
+    with get_reader(request).transaction() as reader:
+        yield reader
 
 
 def require_token(
@@ -49,23 +60,34 @@ def require_token(
                             headers={"WWW-Authenticate": "Bearer"})
 
 
-Reader = Annotated[StoreReader, Depends(get_reader)]
+Reader = Annotated[StoreReader, Depends(request_reader, scope="function")]
+"""The reader for this request (one transaction until the handler returns)."""
+SharedReader = Annotated[StoreReader, Depends(get_reader)]
+"""The app's reader, for a handler that answers a failed query itself (health): after a
+failed statement a transaction cannot go on, but the next call of this reader can."""
 Settings = Annotated[ApiSettings, Depends(get_settings)]
 StudyName = Annotated[str, Path(pattern=STUDY_NAME_PATTERN, description="study name")]
 TrialNumber = Annotated[int, Path(ge=0, le=MAX_TRIAL_NUMBER, description="trial number")]
 
 
 def find_study(reader: StoreReader, name: str) -> StudySummary:
-    """The study, or ``NotFound``."""
-    summary = reader.study(name)
+    """The study with its best trial loaded, or ``NotFound``."""
+    return _found(reader.study(name), name)
+
+
+def find_study_counts(reader: StoreReader, name: str) -> StudySummary:
+    """The study without its best trial (counts, best score and number), or ``NotFound``."""
+    return _found(reader.study_counts(name), name)
+
+
+def _found(summary: StudySummary | None, name: str) -> StudySummary:
     if summary is None:
         raise NotFound(f"no study named {name!r}")
     return summary
 
 
 def get_study(reader: Reader, name: StudyName) -> StudySummary:
-    with reader.batch():
-        return find_study(reader, name)
+    return find_study_counts(reader, name)
 
 
 def get_study_row(reader: Reader, name: StudyName) -> StudyRow:
@@ -76,6 +98,7 @@ def get_study_row(reader: Reader, name: StudyName) -> StudyRow:
 
 
 Study = Annotated[StudySummary, Depends(get_study)]
-"""The study with its counts and best trial (a few queries)."""
+"""The study with its counts and best score and number, not its best trial (a few
+queries)."""
 StudyRowOf = Annotated[StudyRow, Depends(get_study_row)]
 """The study's row alone (one query), for routes that need only its id and config."""

@@ -11,14 +11,19 @@ from multiprocessing.synchronize import Event
 from typing import Any
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, event
 
 from common.benchmark import LevelMetrics, Stats
 from common.errors import ConfigError, StoreUnavailable
 from common.results import FailureReason, TrialRecord, TrialStatus
 from common.store import Store, StudyStatus
 from common.store.engine import create_store_engine
+from common.store.migrate import alembic_config, upgrade_to_head
 from common.store.models import STUDY_STATUSES, TRIAL_STATUSES, Base
 from tests.pg import free_port
 
@@ -328,6 +333,46 @@ def test_opening_again_keeps_the_data(database_url: str) -> None:
         store.save_trial(finished(0))
     with Store.open(database_url) as store:
         assert store.trials(STUDY) == [finished(0)]
+
+
+def test_a_database_at_head_is_not_migrated_again_and_an_older_one_is(
+        database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At head, opening reads ``alembic_version`` and stops: Alembic's upgrade does not run
+    and nothing goes through the engine (no BEGIN IMMEDIATE, no advisory lock). A database
+    at an older revision still goes through the locked Alembic upgrade to head."""
+    upgrades: list[str] = []
+    real_upgrade = command.upgrade
+
+    def recording_upgrade(config: Config, revision: str, **kwargs: Any) -> None:
+        upgrades.append(revision)
+        real_upgrade(config, revision, **kwargs)
+
+    engine = create_store_engine(database_url)
+    statements: list[str] = []
+    try:
+        with engine.begin() as connection:
+            command.upgrade(alembic_config(connection), "0002")
+        monkeypatch.setattr(command, "upgrade", recording_upgrade)
+        event.listen(engine, "before_cursor_execute",
+                     lambda conn, cursor, statement, *rest: statements.append(statement))
+        upgrade_to_head(engine)
+        assert upgrades == ["head"] and _revisions(engine) == _heads()
+        assert any("pg_advisory_xact_lock" in sql or sql == "BEGIN IMMEDIATE"
+                   for sql in statements)  # the locked path
+        statements.clear()
+        upgrade_to_head(engine)
+        assert upgrades == ["head"] and statements == []
+    finally:
+        engine.dispose()
+
+
+def _revisions(engine: Engine) -> set[str]:
+    with engine.connect() as connection:
+        return set(MigrationContext.configure(connection).get_current_heads())
+
+
+def _heads() -> set[str]:
+    return set(ScriptDirectory.from_config(alembic_config()).get_heads())
 
 
 def test_migrated_schema_matches_the_models(store: Store, database_url: str) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from common.errors import ConfigError, StoreUnavailable
 from common.store import Store
@@ -23,6 +25,27 @@ def test_reader_reads_what_the_store_wrote_and_cannot_write(store: Store,
             with reader._session() as session:
                 session.execute(text("DELETE FROM studies"))
     assert store.study("ro") is not None
+
+
+def test_a_transaction_view_is_one_checkout_across_threads_and_still_read_only(
+        store: Store, database_url: str) -> None:
+    """A view's calls from two threads share one connection checkout; after the block its
+    calls get their own again; a write through a view fails as the reader's do."""
+    store.create_study("tx", {"name": "tx"})
+    with StoreReader.open(database_url) as reader:
+        checkouts: list[object] = []
+        event.listen(reader._engine, "checkout", lambda *args: checkouts.append(args))
+        with reader.transaction() as view, ThreadPoolExecutor(1) as other_thread:
+            row = other_thread.submit(view.study_row, "tx").result()
+            summary = view.study_counts("tx")
+            assert row is not None and summary is not None and summary.row.id == row.id
+            assert summary.best is None
+        assert len(checkouts) == 1
+        assert view.study_row("tx") is not None and len(checkouts) == 2
+        with pytest.raises(StoreUnavailable, match="read-only|readonly"):
+            with reader.transaction() as view, view._session() as session:
+                session.execute(text("DELETE FROM studies"))
+    assert store.study("tx") is not None
 
 
 def test_reader_refuses_memory_and_missing_databases(tmp_path) -> None:  # type: ignore[no-untyped-def]

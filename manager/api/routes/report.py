@@ -19,7 +19,15 @@ from common.results import utcnow
 from common.store.models import StudyRow
 from common.store.queries import StudyFilter, TrialFilter, TrialSort
 from manager.api import conversions
-from manager.api.deps import NotFound, Reader, Study, StudyRowOf, TrialNumber
+from manager.api.deps import (
+    NotFound,
+    Reader,
+    Study,
+    StudyName,
+    StudyRowOf,
+    TrialNumber,
+    find_study,
+)
 from manager.api.report import plots_out
 from manager.api.schemas import PlotsOut
 
@@ -40,10 +48,9 @@ _CACHE = "public, max-age=3600"
 @api_router.get("/studies/{name}/plots", response_model=PlotsOut,
                 summary="The data behind the report page's plots")
 def plots(request: Request, reader: Reader, study: StudyRowOf) -> PlotsOut:
-    with reader.batch():
-        fingerprint = reader.fingerprint(study.name)
-        tag = fingerprint.tag if fingerprint is not None else ""
-        return plots_out(reader, study, tag, request.app.state.effects)
+    fingerprint = reader.fingerprint(study.name)
+    tag = fingerprint.tag if fingerprint is not None else ""
+    return plots_out(reader, study, tag, request.app.state.effects)
 
 
 @router.get("/", include_in_schema=False)
@@ -54,18 +61,17 @@ def root(request: Request) -> RedirectResponse:
 @router.get("/report", response_class=HTMLResponse, summary="Report: every study")
 def report_index(request: Request, reader: Reader,
                  offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> HTMLResponse:
-    with reader.batch():
-        summaries, count = reader.studies(StudyFilter(), 100, offset)
+    summaries, count = reader.studies(StudyFilter(), 100, offset)
     return _page(request, "index.html", studies=[conversions.study_out(s) for s in summaries],
                  count=count, offset=offset)
 
 
 @router.get("/report/studies/{name}", response_class=HTMLResponse,
             summary="Report: one study, with plots that update while it runs")
-def report_study(request: Request, reader: Reader, study: Study) -> HTMLResponse:
-    with reader.batch():
-        fingerprint = reader.fingerprint(study.row.name)
-        trials = _table_rows(reader, study.row)
+def report_study(request: Request, reader: Reader, name: StudyName) -> HTMLResponse:
+    study = find_study(reader, name)
+    fingerprint = reader.fingerprint(name)
+    trials = _table_rows(reader, study.row)
     detail = conversions.study_detail_out(study, fingerprint, None, utcnow())
     return _page(request, "study.html", study=detail, trials=trials)
 
@@ -73,8 +79,7 @@ def report_study(request: Request, reader: Reader, study: Study) -> HTMLResponse
 @router.get("/report/studies/{name}/table", response_class=HTMLResponse,
             summary="Report: the trials table of a study (an HTML fragment)")
 def report_table(request: Request, reader: Reader, study: Study) -> HTMLResponse:
-    with reader.batch():
-        trials = _table_rows(reader, study.row)
+    trials = _table_rows(reader, study.row)
     return _page(request, "table.html", study=conversions.study_out(study), trials=trials)
 
 
@@ -82,9 +87,8 @@ def report_table(request: Request, reader: Reader, study: Study) -> HTMLResponse
             summary="Report: one trial")
 def report_trial(request: Request, reader: Reader, study: Study,
                  number: TrialNumber) -> HTMLResponse:
-    with reader.batch():
-        row = reader.trial(study.row, number)
-        attempts = reader.attempts(study.row, number) if row is not None else []
+    row = reader.trial(study.row, number)
+    attempts = reader.attempts(study.row, number) if row is not None else []
     if row is None:
         raise NotFound(f"study {study.row.name!r} has no trial {number}")
     trial = conversions.trial_out(row, attempts)

@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from common.errors import StoreUnavailable
-from manager.api.deps import Reader
+from manager.api.deps import SharedReader
 from manager.api.schemas import HealthOut
 
 health_router = APIRouter(tags=["service"])
@@ -18,7 +18,7 @@ router = APIRouter(tags=["service"])
 @health_router.get("/healthz", response_model=HealthOut,
                    responses={503: {"model": HealthOut, "description": "database unreachable"}},
                    summary="Liveness and database reachability (never needs a token)")
-async def healthz(reader: Reader) -> HealthOut | JSONResponse:
+async def healthz(reader: SharedReader) -> HealthOut | JSONResponse:
     try:
         await run_in_threadpool(reader.ping)
     except StoreUnavailable:

@@ -16,7 +16,15 @@ from common.results import utcnow
 from common.store.queries import StudyFilter
 from common.store.study import StudyStatus
 from manager.api import conversions
-from manager.api.deps import NotFound, Reader, Settings, Study, StudyName, find_study
+from manager.api.deps import (
+    NotFound,
+    Reader,
+    Settings,
+    StudyName,
+    StudyRowOf,
+    find_study,
+    find_study_counts,
+)
 from manager.api.schemas import BestConfigOut, ProgressOut, StudiesPage, StudyDetailOut
 
 router = APIRouter(prefix="/studies", tags=["studies"])
@@ -34,8 +42,7 @@ def list_studies(
             description="only names containing this")] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
         offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> StudiesPage:
-    with reader.batch():
-        summaries, count = reader.studies(StudyFilter(status, name_contains), limit, offset)
+    summaries, count = reader.studies(StudyFilter(status, name_contains), limit, offset)
     return StudiesPage(data=[conversions.study_out(s) for s in summaries], count=count)
 
 
@@ -43,20 +50,20 @@ def list_studies(
 def get_study(reader: Reader, name: StudyName) -> StudyDetailOut:
     """The study's config as submitted, progress, best trial and, for multi-objective
     studies, its Pareto front."""
-    with reader.batch():
-        study = find_study(reader, name)
-        front = getattr(study.row, "pareto_front", None)
-        pareto = reader.trials_with_runs(study.row, list(front)) if front is not None else None
-        fingerprint = reader.fingerprint(name)
+    study = find_study(reader, name)
+    front = getattr(study.row, "pareto_front", None)
+    pareto = reader.trials_with_runs(study.row, list(front)) if front is not None else None
+    fingerprint = reader.fingerprint(name)
     return conversions.study_detail_out(study, fingerprint, pareto, utcnow())
 
 
 @router.get("/{name}/best", response_model=BestConfigOut,
             summary="The best trial's config as a launch command and a YAML snippet")
-def best_config(reader: Reader, study: Study) -> BestConfigOut:
-    if study.best is None:
-        raise NotFound(f"study {study.row.name!r} has no succeeded trial yet")
-    return conversions.best_config_out(study, study.best)
+def best_config(reader: Reader, study: StudyRowOf) -> BestConfigOut:
+    best = reader.best_trial(study)
+    if best is None:
+        raise NotFound(f"study {study.name!r} has no succeeded trial yet")
+    return conversions.best_config_out(study, best)
 
 
 @router.get("/{name}/progress", response_model=ProgressOut,
@@ -65,14 +72,13 @@ def best_config(reader: Reader, study: Study) -> BestConfigOut:
 def progress(reader: Reader, name: StudyName, response: Response,
              if_none_match: Annotated[str | None, Header(max_length=512)] = None
              ) -> ProgressOut | Response:
-    with reader.batch():
-        fingerprint = reader.fingerprint(name)
-        if fingerprint is None:
-            raise NotFound(f"no study named {name!r}")
-        etag = f'"{fingerprint.tag}"'
-        if if_none_match is not None and etag in [t.strip() for t in if_none_match.split(",")]:
-            return Response(status_code=304, headers={"ETag": etag})
-        summary = find_study(reader, name)
+    fingerprint = reader.fingerprint(name)
+    if fingerprint is None:
+        raise NotFound(f"no study named {name!r}")
+    etag = f'"{fingerprint.tag}"'
+    if if_none_match is not None and etag in [t.strip() for t in if_none_match.split(",")]:
+        return Response(status_code=304, headers={"ETag": etag})
+    summary = find_study_counts(reader, name)
     response.headers["ETag"] = etag
     response.headers["Cache-Control"] = "no-cache"
     return conversions.progress_out(summary, fingerprint, utcnow())
@@ -106,7 +112,7 @@ async def _progress_events(reader: Reader, poll_s: float, max_s: float, name: st
         if fingerprint is None:
             return
         if fingerprint.tag != last_tag:
-            summary = await run_in_threadpool(find_study, reader, name)
+            summary = await run_in_threadpool(find_study_counts, reader, name)
             out = conversions.progress_out(summary, fingerprint, utcnow())
             data = json.dumps(out.model_dump(mode="json"))
             yield f"event: progress\nid: {out.tag}\ndata: {data}\n\n"

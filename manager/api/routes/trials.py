@@ -40,10 +40,9 @@ def list_trials(
             description="every attempt of retried trials, not only the latest")] = False,
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
         offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> TrialsPage:
-    with reader.batch():
-        rows, count = reader.trials(study, TrialFilter(status, reason, all_attempts),
-                                    TrialSort(sort.value, order is Order.desc), limit, offset)
-        aggregates = reader.level_aggregates([row.id for row in rows])
+    rows, count = reader.trials(study, TrialFilter(status, reason, all_attempts),
+                                TrialSort(sort.value, order is Order.desc), limit, offset)
+    aggregates = reader.level_aggregates([row.id for row in rows])
     return TrialsPage(data=[conversions.trial_summary_out(row, aggregates.get(row.id))
                             for row in rows], count=count)
 
@@ -55,9 +54,8 @@ def get_trial(reader: Reader, study: StudyRowOf, number: TrialNumber,
                   description="which attempt (default: the latest)")] = None) -> TrialOut:
     """Params, argv and launch command, GPU ids, node, phase timings, per-level metrics,
     failure reason and log excerpt."""
-    with reader.batch():
-        row = reader.trial(study, number, attempt)
-        attempts = reader.attempts(study, number) if row is not None else []
+    row = reader.trial(study, number, attempt)
+    attempts = reader.attempts(study, number) if row is not None else []
     if row is None:
         which = f" attempt {attempt}" if attempt is not None else ""
         raise NotFound(f"study {study.name!r} has no trial {number}{which}")
