@@ -160,6 +160,7 @@ def run_study(study: StudyConfig, paths: StudyPaths, resume: bool = False) -> St
         # more: a resume can use it when it knows every trial the database has.
         os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", TUNE_STATE_PERIOD_S)
         if restore:
+            LazyStore.register(study.name, paths.database_url)  # Tune's restored callbacks'
             tuner = tune.Tuner.restore(str(experiment_dir), _trainable(study, plan, paths),
                                        resume_unfinished=True)
         elif resumption is not None:
@@ -278,7 +279,7 @@ def _tuner(study: StudyConfig, plan: SearchPlan, paths: StudyPaths,
     setup = make_searcher(study, plan, warm, resume)
     name = study.name
 
-    lazy = LazyStore(paths.database_url)
+    lazy = LazyStore(name, paths.database_url)
 
     def record_unschedulable(trial: Any, needs: float, largest: float) -> None:
         number = trial_number(trial)

@@ -57,11 +57,25 @@ def trial_gpus(trial: Trial) -> float:
 
 class LazyStore:
     """A store opened on first use and left out when pickled: Tune pickles its callbacks and
-    scheduler with the experiment's state, and a database connection does not pickle."""
+    scheduler with the experiment's state (``tuner.pkl``), and a database connection does not
+    pickle. Neither is the database URL written there (it may carry a password): a pickled
+    copy keeps the study's name and finds the URL the driver process registered for it."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
+    _urls: dict[str, str] = {}  # study name -> database URL, in the driver process
+
+    def __init__(self, study: str, url: str) -> None:
+        self.study = study
+        LazyStore._urls[study] = url
         self._store: Store | None = None
+
+    @classmethod
+    def register(cls, study: str, url: str) -> None:
+        """The URL a restored copy of the study's LazyStore opens (``servetune resume``)."""
+        cls._urls[study] = url
+
+    @property
+    def url(self) -> str:
+        return LazyStore._urls[self.study]
 
     def get(self) -> Store:
         if self._store is None:
@@ -74,7 +88,7 @@ class LazyStore:
             self._store = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"url": self.url, "_store": None}
+        return {"study": self.study, "_store": None}
 
 
 class TrialFaults(Callback):

@@ -5,10 +5,12 @@ database. (Restoring a real saved state is covered end to end in test_resume.py.
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 from common.config import parse_study
 from common.results import FailureReason, TrialRecord, TrialStatus
+from manager.faults import LazyStore
 from manager.resume import RUN_MARK, restore_verdict, tune_trial_states, write_run_mark
 
 STUDY = {"name": "restore", "model": {"name": "meta-llama/Llama-3.1-8B-Instruct"},
@@ -74,3 +76,13 @@ def test_tune_state_needs_its_directory_and_a_matching_run_mark(tmp_path: Path) 
     assert tune_trial_states(experiment, joined, URL) == "Tune saved no experiment state"
     (experiment / RUN_MARK).write_text(json.dumps({"study": "restore"}))
     assert "another study config or database" in str(tune_trial_states(experiment, study, URL))
+
+
+def test_a_pickled_lazy_store_keeps_the_study_not_the_database_url() -> None:
+    """Tune writes its callbacks and scheduler into ``tuner.pkl``: the URL (and its password)
+    stays in the driver process, where a restored copy finds it by study name."""
+    url = "postgresql+psycopg://servetune:s3cret@db.internal/servetune"
+    pickled = pickle.dumps(LazyStore("restore", url))
+    assert b"s3cret" not in pickled and b"db.internal" not in pickled
+    LazyStore.register("restore", "sqlite:////tmp/moved.db")
+    assert pickle.loads(pickled).url == "sqlite:////tmp/moved.db"
