@@ -12,7 +12,7 @@ Prints the machine's core count and load average first (client, server and Postg
 the machine, so other work on it shows in every figure), then per route the single-client
 p50/p95, the concurrent p50/p95/p99 and throughput, and each as a multiple of the floor's.
 
-    .venv/bin/python bench/api_latency.py [--requests 1000] [--clients 50]
+    .venv/bin/python bench/api_latency.py [--requests 1000] [--clients 50] [--workers 1]
 
 Target (issue #7): p95 of the list and detail routes under 50 ms at 50 concurrent clients.
 """
@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from common.store import Store  # noqa: E402
+from manager.api.settings import DATABASE_URL_ENV  # noqa: E402
 from tests.pg import PostgresCluster, free_port  # noqa: E402
 
 FLOOR_APP = textwrap.dedent("""
@@ -64,6 +65,9 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--single-requests", type=int, default=200,
                         help="requests per route from one client")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="uvicorn worker processes for the API and for the floor alike "
+                        "(1: `servetune serve`; more: uvicorn --factory app_from_env)")
     args = parser.parse_args()
     print(f"{os.cpu_count()} CPUs, load average {_load()} at start")
     with ExitStack() as stack:
@@ -76,8 +80,8 @@ def main() -> int:
         print(f"filled {args.studies * args.trials_per_study:,} trials and "
               f"{args.studies * args.trials_per_study * args.levels:,} benchmark runs in "
               f"{time.perf_counter() - started:.1f} s")
-        api = stack.enter_context(serve_api(url))
-        floor = stack.enter_context(serve_floor())
+        api = stack.enter_context(serve_api(url, args.workers))
+        floor = stack.enter_context(serve_floor(args.workers))
         rng = random.Random(0)
         study = lambda: f"bench-{rng.randrange(args.studies):03d}"  # noqa: E731
         number = lambda: rng.randrange(args.trials_per_study)  # noqa: E731
@@ -199,22 +203,28 @@ def fill(url: str, studies: int, trials_per_study: int, levels: int) -> None:
 
 
 @contextmanager
-def serve_api(url: str) -> Iterator[str]:
+def serve_api(url: str, workers: int = 1) -> Iterator[str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SERVETUNE_API_")}
-    with _process([sys.executable, "-m", "manager.cli", "serve", "--database-url", url,
-                   "--port", str(port)], env) as _:
+    if workers == 1:
+        argv = [sys.executable, "-m", "manager.cli", "serve", "--database-url", url,
+                "--port", str(port)]
+    else:  # as docs/api.md runs several: the app factory, settings from the environment
+        env[DATABASE_URL_ENV] = url
+        argv = [sys.executable, "-m", "uvicorn", "--factory", "manager.api.app:app_from_env",
+                "--workers", str(workers), "--port", str(port), "--log-level", "warning"]
+    with _process(argv, env) as _:
         yield _wait_healthy(f"http://127.0.0.1:{port}", "/healthz")
 
 
 @contextmanager
-def serve_floor() -> Iterator[str]:
+def serve_floor(workers: int = 1) -> Iterator[str]:
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "floor_app.py").write_text(FLOOR_APP)
         env = dict(os.environ, PYTHONPATH=tmp)
         with _process([sys.executable, "-m", "uvicorn", "floor_app:app", "--port", str(port),
-                       "--log-level", "warning"], env) as _:
+                       "--workers", str(workers), "--log-level", "warning"], env) as _:
             yield _wait_healthy(f"http://127.0.0.1:{port}", "/floor")
 
 
