@@ -10,11 +10,13 @@ what ``bench/`` measures is what a study runs.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import optuna
 from ray import tune
 from ray.tune.search import BasicVariantGenerator, Searcher
 
@@ -59,17 +61,34 @@ def make_searcher(study: StudyConfig, plan: SearchPlan,
     return factory(study, plan, warm_points or [], resume)
 
 
+class PicklableNSGAIISampler(optuna.samplers.NSGAIISampler):
+    """Optuna's NSGA-II sampler, picklable again: Tune pickles the searcher with its sampler
+    (``tuner.pkl``, searcher checkpoints), and Optuna 5.1's genetic samplers hold a
+    ``threading.Lock`` without pickle support. The lock is left out and made anew."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        if state.pop("_thread_lock", None) is not None:
+            state["_servetune_had_lock"] = True
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        had_lock = state.pop("_servetune_had_lock", False)
+        self.__dict__.update(state)
+        if had_lock:
+            self._thread_lock = threading.Lock()
+
+
 def make_sampler(study: StudyConfig) -> Any:
     """The Optuna sampler of a tpe or nsga2 study (seeded; TPE's random startup trials)."""
-    import optuna
-
     # Multivariate TPE and the constant liar (for trials running side by side) are marked
     # experimental, and warn once per trial otherwise.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     search = study.search
     if search.algorithm == "nsga2":
         population = search.population_size or max(4, search.max_trials // 4)
-        return optuna.samplers.NSGAIISampler(seed=search.seed, population_size=population)
+        return PicklableNSGAIISampler(seed=search.seed, population_size=population)
     return optuna.samplers.TPESampler(seed=search.seed, n_startup_trials=search.startup_trials,
                                       multivariate=True, constant_liar=True)
 
