@@ -79,10 +79,10 @@ def ray_head() -> Iterator[RayHead]:
     token_path = temp_dir / "auth_token"
     token_path.write_text(token)
     token_path.chmod(0o600)
-    ports = {name: free_port() for name in (
+    ports = _distinct_free_ports((
         "port", "dashboard-port", "object-manager-port", "node-manager-port",
         "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-        "runtime-env-agent-port", "ray-client-server-port")}
+        "runtime-env-agent-port", "ray-client-server-port"))
     argv = [str(VENV_BIN / "ray"), "start", "--head", "--num-gpus", "4", "--num-cpus", "4",
             "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",
             "--include-dashboard", "true", "--temp-dir", str(temp_dir),
@@ -164,6 +164,20 @@ def test_the_ray_cli_needs_the_token(ray_head: RayHead) -> None:
     assert "401" in refused.stdout + refused.stderr or "uthenticat" in refused.stderr
     allowed = _ray_cli(argv, ray_head, with_token=True)
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+
+
+def _distinct_free_ports(names: tuple[str, ...]) -> dict[str, int]:
+    """A free port per name, no two alike (a port just freed can be handed out again, and
+    ``ray start`` refuses one port for two components)."""
+    taken: set[int] = set()
+    ports: dict[str, int] = {}
+    for name in names:
+        port = free_port()
+        while port in taken:
+            port = free_port()
+        taken.add(port)
+        ports[name] = port
+    return ports
 
 
 def _head_node_id(head: RayHead) -> str:
