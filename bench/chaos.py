@@ -83,7 +83,7 @@ from common.results import (  # noqa: E402
     utcnow,
 )
 from common.store import Store  # noqa: E402
-from manager.driver import run_study  # noqa: E402
+from manager.driver import TRIAL_ACTOR_CLASS, run_study  # noqa: E402
 from manager.paths import StudyPaths  # noqa: E402
 from worker.launchers.process import LabelledProcess, labelled_processes  # noqa: E402
 
@@ -91,7 +91,7 @@ STUDY = "chaos"
 NODE_CPUS = 2
 BENCHMARK = {"scenarios": ["D(128,32)"], "concurrency": [4], "requests_per_level": 8,
              "seconds_per_level": 60, "timeouts": {"startup_s": 60}}
-TRAINABLE_CLASS = "ServetuneTrial"  # the driver's trainable (Tune's function trainable)
+TRAINABLE_CLASS = TRIAL_ACTOR_CLASS  # the driver's trainable (Tune's function trainable)
 # Failed attempts that are no result: the platform lost them (or the study stopped them).
 LOST_REASONS = frozenset({FailureReason.NODE_LOST, FailureReason.INFRA_ERROR,
                           FailureReason.DRIVER_LOST, FailureReason.CANCELLED,

@@ -48,8 +48,7 @@ from manager.resume import (
     TUNE_FINISHED,
     Resumption,
     prepare_resume,
-    restore_verdict,
-    tune_trial_states,
+    restorable_states,
     write_run_mark,
 )
 from manager.search import SCORE, make_searcher, objective_metrics
@@ -59,6 +58,8 @@ from worker.trial import StopTrial, TrialSpec, run_trial
 
 logger = logging.getLogger(__name__)
 TUNE_STATE_PERIOD_S = "3"
+# The class of every trial actor (the dashboard's Actors view, the chaos bench's kills).
+TRIAL_ACTOR_CLASS = "ServetuneTrial"
 
 
 @dataclass(frozen=True)
@@ -137,18 +138,17 @@ def run_study(study: StudyConfig, paths: StudyPaths, resume: bool = False) -> St
                   f"{len(resumption.rerun)} to run again"
                   + (f" ({lost} were running: driver_lost)" if lost else "")
                   + (f", {written} spooled result(s) written" if written else ""), flush=True)
-            states = tune_trial_states(experiment_dir, study, paths.database_url)
-            why_not = states if isinstance(states, str) else restore_verdict(
-                states, resumption.latest)
-            restore = why_not is None
-            if isinstance(states, dict) and restore:
+            states = restorable_states(experiment_dir, study, paths.database_url,
+                                       resumption.latest)
+            restore = not isinstance(states, str)
+            if isinstance(states, str):
+                print(f"resuming from the database: {states}", flush=True)
+            else:
                 unfinished = sum(s not in TUNE_FINISHED for s in states.values())
                 print(f"resuming from Tune's saved state ({len(states)} trial(s), "
                       f"{unfinished} to run again; the searcher's own state kept)", flush=True)
                 TrialNamer.continue_after(study.name,
                                           max([resumption.next_number - 1, *states]))
-            else:
-                print(f"resuming from the database: {why_not}", flush=True)
         else:
             store.create_study(study.name, study.model_dump(mode="json"))
         write_run_mark(experiment_dir, study, paths.database_url)
@@ -333,7 +333,7 @@ def _trainable(study: StudyConfig, plan: SearchPlan, paths: StudyPaths) -> type:
         """A trial's actor, shown in the Ray dashboard (the actors' repr name) and in log
         prefixes as its trial, ``<study>-<number>``, rather than as Tune's generic class."""
 
-        __qualname__ = "ServetuneTrial"  # the dashboard's class name (not ``<locals>``)
+        __qualname__ = TRIAL_ACTOR_CLASS  # the dashboard's class name (not ``<locals>``)
 
         @classmethod
         def default_resource_request(cls, config: dict[str, Any]) -> tune.PlacementGroupFactory:

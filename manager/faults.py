@@ -65,7 +65,7 @@ class LazyStore:
 
     def __init__(self, study: str, url: str) -> None:
         self.study = study
-        LazyStore._urls[study] = url
+        LazyStore.register(study, url)
         self._store: Store | None = None
 
     @classmethod

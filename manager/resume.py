@@ -174,6 +174,16 @@ def tune_trial_states(experiment_dir: Path, study: StudyConfig,
         return f"Tune's saved state is unreadable ({type(e).__name__})"
 
 
+def restorable_states(experiment_dir: Path, study: StudyConfig, database_url: str,
+                      latest: list[TrialRecord]) -> dict[int, str] | str:
+    """Tune's saved trial states when ``Tuner.restore`` may resume the study from them,
+    else why not (no usable state, or one that disagrees with the database)."""
+    states = tune_trial_states(experiment_dir, study, database_url)
+    if isinstance(states, str):
+        return states
+    return restore_verdict(states, latest) or states
+
+
 def _saved_trial_states(experiment_dir: Path) -> dict[int, str] | str:
     # Tune's own readers of its experiment state (Ray is pinned; tests cover this version).
     from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint

@@ -101,10 +101,14 @@ class SpoolingStore:
         return [by_attempt[attempt] for attempt in sorted(by_attempt)]
 
     def next_attempt(self, study: str, number: int) -> int:
-        """The attempt number a new run of trial ``number`` gets, the spool counted too (an
-        attempt spooled but not yet written)."""
-        earlier = self.attempts(study, number)
-        return earlier[-1].attempt + 1 if earlier else 0
+        """``Store.next_attempt`` (one ``max`` query, no rows loaded), waiting up to
+        ``outage_s`` for the database; the spool counts too (an attempt spooled but not yet
+        written)."""
+        spooled = [record_from_json(e) for e in self._entries()]
+        mine = [r.attempt for r in spooled if r.study == study and r.number == number]
+        stored = with_retries(lambda: self._connected().next_attempt(study, number),
+                              self.outage_s, self._sleep, self._clock)
+        return max([stored, *(a + 1 for a in mine)])
 
     def close(self) -> None:
         if self._store is not None:

@@ -16,7 +16,7 @@ from common.config import parse_study
 from common.errors import ConfigError
 from common.results import FailureReason, TrialStatus
 from common.store import Store
-from manager.driver import run_study
+from manager.driver import TRIAL_ACTOR_CLASS, run_study
 from manager.paths import StudyPaths
 from worker.launchers.process import labelled_processes
 
@@ -52,7 +52,7 @@ def test_concurrent_trials_of_1_2_and_4_gpus_never_share_a_gpu(tmp_path: Path) -
     trials = outcome.trials
     assert len(trials) == 8
     # The trial actors are named after their trials in the dashboard (their repr name).
-    assert watcher.seen and watcher.seen <= {("ServetuneTrial", f"isolation-{t.number:04d}")
+    assert watcher.seen and watcher.seen <= {(TRIAL_ACTOR_CLASS, f"isolation-{t.number:04d}")
                                              for t in trials}, watcher.seen
     assert all(t.status is TrialStatus.SUCCEEDED for t in trials), [t.message for t in trials]
     for t in trials:
